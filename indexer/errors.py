@@ -1,0 +1,32 @@
+"""Exceptions the framework raises. Each message is one line naming what was wrong and where."""
+
+from __future__ import annotations
+
+
+class IndexerError(Exception):
+    """Base class of every error the framework raises on purpose."""
+
+
+class ConfigurationError(IndexerError, ValueError):
+    """A setting is invalid or two settings contradict each other (exit code 2 in the CLI)."""
+
+
+class CheckpointDecodeError(IndexerError):
+    """A checkpoint's bytes are corrupt, truncated, or hold another sequence number."""
+
+
+class ProgressStoreError(IndexerError):
+    """The progress store cannot be read or written (for example a corrupt progress file)."""
+
+
+class PipelineHalted(IndexerError):
+    """A pipeline stopped on an error it may not skip; its watermark stays below the failure."""
+
+    def __init__(self, pipeline: str, message: str, sequence_number: int | None = None) -> None:
+        super().__init__(f"pipeline {pipeline!r}: {message}")
+        self.pipeline = pipeline
+        self.sequence_number = sequence_number
+
+
+class ShutdownAborted(IndexerError):
+    """A second stop signal ended the run at once; saved progress is intact but may lag."""

@@ -1,0 +1,261 @@
+"""IndexerExecutor: one reader shared by every registered pipeline, and the run's lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import structlog
+
+from ._gc import tuned_gc
+from .checkpoint import CheckpointDecoder
+from .errors import ConfigurationError, ShutdownAborted
+from .pipeline import WorkerPool
+from .progress import MemoryProgressStore, ProgressStore
+from .sources import CheckpointSource
+
+log = structlog.get_logger("indexer")
+
+__all__ = ["IndexerExecutor"]
+
+
+class IndexerExecutor:
+    """Runs registered pipelines over one checkpoint source.
+
+    The reader starts at the lowest saved watermark among the pipelines and each pipeline skips
+    what it already did. ``run`` returns each pipeline's final watermark. The first SIGINT or
+    SIGTERM (or ``request_stop``) stops reading, lets running calls finish, flushes reducers and
+    saves watermarks; a second one aborts at once (``ShutdownAborted``) without corrupting the
+    progress store.
+    """
+
+    def __init__(
+        self,
+        progress_store: ProgressStore | None = None,
+        *,
+        handle_signals: bool = True,
+        tune_gc: bool = True,
+        prune_interval: float = 1.0,
+    ) -> None:
+        self.progress_store = (
+            progress_store if progress_store is not None else MemoryProgressStore()
+        )
+        self.handle_signals = handle_signals
+        self.tune_gc = tune_gc
+        self.prune_interval = prune_interval
+        self._pools: dict[str, WorkerPool[Any, Any]] = {}
+        self._stop: asyncio.Event | None = None  # created inside run (needs a running loop)
+        self._signals = 0
+        self._main: asyncio.Task[Any] | None = None
+
+    @property
+    def pools(self) -> list[WorkerPool[Any, Any]]:
+        return list(self._pools.values())
+
+    def register(self, pool: WorkerPool[Any, Any]) -> None:
+        """Add a pipeline; names must be unique."""
+        if pool.name in self._pools:
+            raise ConfigurationError(f"a pipeline named {pool.name!r} is already registered")
+        self._pools[pool.name] = pool
+
+    def request_stop(self) -> None:
+        """Ask a running ``run`` to stop gracefully (what the first signal does)."""
+        if self._stop is not None:
+            self._stop.set()
+
+    async def run(
+        self,
+        source: CheckpointSource,
+        first_checkpoint: int | None = None,
+        last_checkpoint: int | None = None,
+    ) -> dict[str, int]:
+        """Process checkpoints until ``last_checkpoint`` (inclusive), the end of a finite
+        source, or a stop; returns ``{pipeline: watermark}`` (next checkpoint not committed)."""
+        pools = self._validate(first_checkpoint, last_checkpoint)
+        decoder = CheckpointDecoder(pools[0].checkpoint_type)
+        store = self.progress_store
+        opened_here = not store.is_open
+        await store.open()
+        self._stop = asyncio.Event()
+        self._signals = 0
+        self._main = asyncio.current_task()
+        try:
+            with self._signal_handlers(), tuned_gc(self.tune_gc):
+                return await self._run(source, decoder, pools, first_checkpoint, last_checkpoint)
+        finally:
+            self._main = None
+            if opened_here:
+                await store.close()
+
+    def _validate(self, first: int | None, last: int | None) -> list[WorkerPool[Any, Any]]:
+        if not self._pools:
+            raise ConfigurationError(
+                "no pipelines registered: call register(WorkerPool(...)) before run()"
+            )
+        for key, value in (("first_checkpoint", first), ("last_checkpoint", last)):
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ConfigurationError(f"{key} must be a non-negative integer, got {value!r}")
+        if first is not None and last is not None and last < first:
+            raise ConfigurationError(
+                f"last_checkpoint ({last}) is below first_checkpoint ({first})"
+            )
+        pools = list(self._pools.values())
+        types = {pool.checkpoint_type for pool in pools}
+        if len(types) > 1:
+            described = ", ".join(f"{p.name}: {p.checkpoint_type.__name__}" for p in pools)
+            raise ConfigurationError(
+                f"pipelines sharing one executor must read one checkpoint type ({described})"
+            )
+        return pools
+
+    async def _run(
+        self,
+        source: CheckpointSource,
+        decoder: CheckpointDecoder[Any],
+        pools: list[WorkerPool[Any, Any]],
+        first: int | None,
+        last: int | None,
+    ) -> dict[str, int]:
+        store = self.progress_store
+        starts: dict[str, int] = {}
+        for pool in pools:
+            saved = await store.load(pool.name)
+            starts[pool.name] = saved if saved is not None else (first or 0)
+            pool._reset(starts[pool.name])
+            log.info(
+                "pipeline starting",
+                pipeline=pool.name,
+                resume_from=starts[pool.name],
+                saved_watermark=saved,
+                concurrency=pool.concurrency,
+            )
+        active = [pool for pool in pools if last is None or starts[pool.name] <= last]
+        if not active:
+            log.info("nothing to do: every pipeline is past last_checkpoint", last=last)
+            return starts
+        started: list[WorkerPool[Any, Any]] = []
+        try:
+            for pool in active:
+                await pool._start(store, starts[pool.name], self._on_halt)
+                started.append(pool)
+            reader_start = min(starts[pool.name] for pool in active)
+            return await self._drive(source, decoder, active, reader_start, last, starts)
+        except asyncio.CancelledError:
+            for pool in started:
+                await pool._abort()
+            if self._signals >= 2:
+                log.warning("aborted by a second signal", watermarks=self._saved(pools))
+                raise ShutdownAborted("aborted by a second stop signal") from None
+            raise
+
+    async def _drive(
+        self,
+        source: CheckpointSource,
+        decoder: CheckpointDecoder[Any],
+        pools: list[WorkerPool[Any, Any]],
+        start: int,
+        last: int | None,
+        starts: dict[str, int],
+    ) -> dict[str, int]:
+        assert self._stop is not None
+        reader = asyncio.create_task(self._read(source, decoder, pools, start, last), name="reader")
+        stopper = asyncio.create_task(self._stop.wait(), name="stop")
+        pruner = asyncio.create_task(self._prune(source, pools), name="prune")
+        try:
+            await asyncio.wait([reader, stopper], return_when=asyncio.FIRST_COMPLETED)
+            if not reader.done():
+                reader.cancel()
+            await asyncio.wait([reader])
+            reader_error = None if reader.cancelled() else reader.exception()
+            drain = not self._stop.is_set()
+            if reader_error is not None:
+                log.error("reading stopped", error=str(reader_error))
+            for pool in pools:
+                if not drain:
+                    pool.request_stop()
+            finishing = asyncio.gather(*(pool._finish(drain) for pool in pools))
+            stopping = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait([finishing, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if not finishing.done():  # a stop arrived while draining
+                for pool in pools:
+                    pool.request_stop()
+            await finishing
+            stopping.cancel()
+        finally:
+            for task in (reader, stopper, pruner):
+                task.cancel()
+        watermarks = self._saved(self.pools)
+        await source.prune(min(watermarks[pool.name] for pool in pools))
+        log.info("stopped", watermarks=watermarks)
+        if reader_error is not None:
+            raise reader_error
+        halted = [pool.error for pool in pools if pool.error is not None]
+        if halted:
+            raise halted[0]
+        return watermarks
+
+    async def _read(
+        self,
+        source: CheckpointSource,
+        decoder: CheckpointDecoder[Any],
+        pools: list[WorkerPool[Any, Any]],
+        start: int,
+        last: int | None,
+    ) -> None:
+        stream = source.stream(start, decoder)
+        async with contextlib.aclosing(stream):  # type: ignore[type-var]
+            async for batch in stream:
+                for checkpoint, size in batch:
+                    for pool in pools:
+                        await pool.submit(checkpoint, size)
+                    if checkpoint.sequence_number == last:
+                        log.info("reached last_checkpoint", last=last)
+                        return
+                if all(pool.error is not None for pool in pools):
+                    return
+        log.info("source exhausted")
+
+    async def _prune(self, source: CheckpointSource, pools: list[WorkerPool[Any, Any]]) -> None:
+        pruned = -1
+        while True:
+            await asyncio.sleep(self.prune_interval)
+            lowest = min(pool.watermark for pool in pools)
+            if lowest > pruned:
+                await source.prune(lowest)
+                pruned = lowest
+
+    def _on_halt(self, pool: WorkerPool[Any, Any]) -> None:
+        self.request_stop()
+
+    @staticmethod
+    def _saved(pools: list[WorkerPool[Any, Any]]) -> dict[str, int]:
+        return {pool.name: pool.watermark for pool in pools}
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("stopping: finishing in-flight work (signal again to abort)", signal=signum)
+            self.request_stop()
+        elif self._main is not None:
+            self._main.cancel()
+
+    @contextlib.contextmanager
+    def _signal_handlers(self) -> Iterator[None]:
+        installed: list[int] = []
+        if self.handle_signals:
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    loop.add_signal_handler(signum, self._on_signal, signum)
+                except (RuntimeError, ValueError, NotImplementedError):
+                    continue  # not the main thread, or no signal support
+                installed.append(signum)
+        try:
+            yield
+        finally:
+            loop = asyncio.get_running_loop()
+            for signum in installed:
+                loop.remove_signal_handler(signum)

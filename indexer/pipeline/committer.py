@@ -1,0 +1,238 @@
+"""The committer stage: batches of messages in checkpoint order, commits, saved watermarks.
+
+It receives ``(sequence_number, message)`` pairs in sequence order as the watermark passes them.
+With a Reducer it batches the messages (count, bytes, age, ``should_close_batch``), commits
+each batch with retries (a failure latch: nothing later is committed until it succeeds), then
+saves the watermark and frees the batch's checkpoints from the in-flight window. Without one it
+saves the watermark at most every ``progress_interval`` seconds. Either way the saved watermark
+never passes a checkpoint whose message is not committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from ..errors import PipelineHalted
+from ..progress import ProgressStore, TransactionalProgressStore
+from ..reducer import Reducer, TransactionalReducer
+from ..retry import RetryPolicy, sleep_unless_set
+from ..watermark import WatermarkTracker
+
+log = structlog.get_logger("indexer")
+
+
+class _Abandoned(Exception):
+    """A retry loop gave up because the pipeline is stopping."""
+
+
+class Committer:
+    """Commits a pipeline's messages and saves its watermark, in checkpoint order."""
+
+    def __init__(
+        self,
+        pipeline: str,
+        tracker: WatermarkTracker,
+        store: ProgressStore,
+        reducer: Reducer[Any] | None,
+        *,
+        saved: int,
+        progress_interval: float,
+        stopping: asyncio.Event,
+    ) -> None:
+        self.pipeline = pipeline
+        self.tracker = tracker
+        self.store = store
+        self.reducer = reducer
+        self.saved = saved  # the watermark the store holds
+        self.batches = 0
+        self.failed_commits = 0
+        self.progress_interval = progress_interval
+        self._stopping = stopping
+        self._transactional = isinstance(reducer, TransactionalReducer)
+        self._items: deque[tuple[int, Any]] = deque()
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._closed = asyncio.Event()
+        self._batch: list[Any] = []
+        self._batch_bytes = 0
+        self._batch_first = 0  # sequence number of the batch's first message
+        self._batch_deadline = 0.0
+        self._covered = saved  # everything below has been batched or carried no message
+
+    # -- called by the pipeline -------------------------------------------------------------
+
+    def push(self, released: list[tuple[int, Any]]) -> None:
+        """Hand over messages the watermark has just passed, in order."""
+        self._items.extend(released)
+        self._wake.set()
+
+    def notify(self) -> None:
+        """The watermark rose (used without a reducer)."""
+        self._wake.set()
+
+    def window_full(self) -> None:
+        """The reader waits for room: commit the open batch instead of waiting for its limits,
+        so a batch that could never fill the window cannot deadlock it."""
+        self._wake.set()
+
+    def close(self) -> None:
+        """Commit what is left and save the final watermark, then end ``run``."""
+        self._closing = True
+        self._closed.set()
+        self._wake.set()
+
+    # -- the task ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        if self.reducer is None:
+            await self._run_watermark_only()
+        else:
+            await self._run_reducer(self.reducer)
+
+    async def _run_watermark_only(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                closing = self._closing
+                if self.tracker.watermark > self.saved:
+                    await self._save(self.tracker.watermark)
+                if closing:
+                    return
+                await sleep_unless_set(self._closed, self.progress_interval)
+        except _Abandoned:
+            return
+
+    async def _run_reducer(self, reducer: Reducer[Any]) -> None:
+        items = self._items
+        max_size = reducer.max_batch_size
+        max_bytes = reducer.max_batch_bytes
+        age = reducer.max_batch_age
+        should_close = reducer.should_close_batch
+        overridden = type(reducer).should_close_batch is not Reducer.should_close_batch
+        loop = asyncio.get_running_loop()
+        batch = self._batch
+        tracker = self.tracker
+        try:
+            while True:
+                if not items and not self._closing and not (batch and tracker.is_blocked):
+                    self._wake.clear()
+                    if batch and age is not None:
+                        timeout = self._batch_deadline - loop.time()
+                        if timeout > 0:
+                            try:
+                                async with asyncio.timeout(timeout):
+                                    await self._wake.wait()
+                            except TimeoutError:
+                                pass
+                    else:
+                        await self._wake.wait()
+                while items:
+                    sequence_number, message = items.popleft()
+                    if message is None:
+                        self._covered = sequence_number + 1
+                        continue
+                    size = reducer.message_size(message) if max_bytes is not None else 0
+                    if batch and (
+                        (max_bytes is not None and self._batch_bytes + size > max_bytes)
+                        or (overridden and should_close(batch, message))
+                    ):
+                        await self._commit(sequence_number)
+                    if not batch:
+                        self._batch_first = sequence_number
+                        if age is not None:
+                            self._batch_deadline = loop.time() + age
+                    batch.append(message)
+                    self._batch_bytes += size
+                    self._covered = sequence_number + 1
+                    if (max_size is not None and len(batch) >= max_size) or (
+                        max_bytes is not None and self._batch_bytes >= max_bytes
+                    ):
+                        await self._commit(self._covered)
+                if batch and (
+                    self._closing
+                    or tracker.is_blocked
+                    or (age is not None and loop.time() >= self._batch_deadline)
+                ):
+                    await self._commit(self._covered)
+                if not batch and self._covered > self.saved:
+                    # Checkpoints without messages: nothing to commit, only the watermark.
+                    await self._save(self._covered)
+                if self._closing and not items:
+                    return
+        except _Abandoned:
+            return
+
+    # -- commit and save --------------------------------------------------------------------
+
+    async def _commit(self, upto: int) -> None:
+        """Commit the open batch, which covers every checkpoint below ``upto``."""
+        reducer = self.reducer
+        assert reducer is not None
+        batch = self._batch
+        what = f"commit of checkpoints {self._batch_first}..{upto - 1}"
+        if self._transactional:
+            store = self.store
+            assert isinstance(store, TransactionalProgressStore)
+            assert isinstance(reducer, TransactionalReducer)
+
+            async def commit() -> None:
+                async with store.transaction(self.pipeline, upto) as connection:
+                    await reducer.commit_in_transaction(connection, batch)
+
+            await self._retrying(commit, reducer.commit_retry, what)
+            self.saved = max(self.saved, upto)
+        else:
+            await self._retrying(lambda: reducer.commit(batch), reducer.commit_retry, what)
+        self.batches += 1
+        batch.clear()
+        self._batch_bytes = 0
+        if not self._transactional:
+            await self._save(upto)
+        self.tracker.release(upto)
+
+    async def _save(self, watermark: int) -> None:
+        store = self.store
+
+        async def save() -> None:
+            self.saved = await store.save(self.pipeline, watermark)
+
+        await self._retrying(save, RetryPolicy(initial=0.1, max_delay=5.0), "watermark save")
+        self.tracker.release(watermark)
+
+    async def _retrying(
+        self, operation: Callable[[], Awaitable[None]], policy: RetryPolicy, what: str
+    ) -> None:
+        attempts = 0
+        while True:
+            started = time.perf_counter()
+            try:
+                await operation()
+                return
+            except Exception as exc:
+                attempts += 1
+                self.failed_commits += 1
+                if policy.exhausted(attempts):
+                    raise PipelineHalted(
+                        self.pipeline, f"{what} failed after {attempts} attempts: {exc!r}"
+                    ) from exc
+                delay = policy.delay(attempts)
+                log.warning(
+                    f"{what} failed, retrying",
+                    pipeline=self.pipeline,
+                    attempt=attempts,
+                    delay=round(delay, 3),
+                    seconds=round(time.perf_counter() - started, 3),
+                    error=repr(exc),
+                )
+                if not await sleep_unless_set(self._stopping, delay):
+                    log.error(
+                        f"{what} abandoned at shutdown", pipeline=self.pipeline, error=repr(exc)
+                    )
+                    raise _Abandoned from exc

@@ -1,0 +1,166 @@
+"""The processor stage: ``concurrency`` long-lived tasks running ``process_checkpoint``.
+
+Checkpoints wait in a priority queue keyed by sequence number, so dispatch is in sequence order
+and a checkpoint coming back from a long ``Retry`` goes ahead of newer ones. The tasks are
+supervised by asyncio-pool (one ``spawn`` per task, not per checkpoint). Failures are retried
+per the RetryPolicy with cancellable sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from asyncio_pool import AioPool
+
+from ..errors import PipelineHalted
+from ..retry import RetryPolicy, sleep_unless_set
+from ..worker import Retry, Worker
+
+log = structlog.get_logger("indexer")
+
+#: Returned by recovery when the checkpoint yields no completion now (rescheduled, abandoned).
+_NO_COMPLETION: Any = object()
+_STOP = (-1, None)
+
+
+class Processor:
+    """Runs a Worker over dispatched checkpoints and reports each completion exactly once."""
+
+    def __init__(
+        self,
+        pipeline: str,
+        worker: Worker[Any, Any],
+        *,
+        concurrency: int,
+        retry: RetryPolicy,
+        reschedule_threshold: float,
+        stopping: asyncio.Event,
+        on_complete: Callable[[int, Any], None],
+        on_halt: Callable[[PipelineHalted], None],
+        dead_letter: Callable[[int, str], Awaitable[None]],
+    ) -> None:
+        self.pipeline = pipeline
+        self.worker = worker
+        self.concurrency = concurrency
+        self.retry = retry
+        self.reschedule_threshold = reschedule_threshold
+        self.retries = 0
+        self.dead_letters = 0
+        self._stopping = stopping
+        self._on_complete = on_complete
+        self._on_halt = on_halt
+        self._dead_letter = dead_letter
+        self._queue: asyncio.PriorityQueue[tuple[int, Any]] = asyncio.PriorityQueue()
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._aiopool: AioPool | None = None
+        self._tasks: list[asyncio.Future[Any]] = []
+
+    def dispatch(self, sequence_number: int, checkpoint: Any) -> None:
+        """Queue a checkpoint for the next free task."""
+        self._queue.put_nowait((sequence_number, checkpoint))
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    async def start(self) -> None:
+        self._aiopool = AioPool(size=self.concurrency)
+        for _ in range(self.concurrency):
+            self._tasks.append(await self._aiopool.spawn(self._run()))
+
+    async def shutdown(self) -> None:
+        """Drop what was not started, let running calls finish, and wait for the tasks."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        queue = self._queue
+        while not queue.empty():
+            queue.get_nowait()
+        for _ in self._tasks:
+            queue.put_nowait(_STOP)
+        if self._aiopool is not None:
+            await self._aiopool.join()
+
+    async def abort(self) -> None:
+        """Cancel every task at once."""
+        for timer in self._timers.values():
+            timer.cancel()
+        if self._aiopool is not None:
+            await self._aiopool.cancel()
+
+    async def _run(self) -> None:
+        get = self._queue.get
+        process = self.worker.process_checkpoint
+        complete = self._on_complete
+        try:
+            while True:
+                sequence_number, checkpoint = await get()
+                if checkpoint is None:
+                    return
+                try:
+                    message = await process(checkpoint)
+                except Exception as exc:
+                    message = await self._recover(sequence_number, checkpoint, exc)
+                    if message is _NO_COMPLETION:
+                        continue
+                complete(sequence_number, message)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a bug of ours or a BaseException from user code
+            self._on_halt(PipelineHalted(self.pipeline, f"worker task crashed: {exc!r}"))
+            raise
+
+    async def _recover(self, sequence_number: int, checkpoint: Any, exc: Exception) -> Any:
+        """Retry a failed checkpoint until it succeeds, is rescheduled, skipped or abandoned."""
+        attempts = 0
+        while True:
+            if isinstance(exc, Retry):
+                if exc.after > self.reschedule_threshold:
+                    self._reschedule(sequence_number, checkpoint, exc.after)
+                    return _NO_COMPLETION
+                if not await sleep_unless_set(self._stopping, exc.after):
+                    return _NO_COMPLETION
+            else:
+                attempts += 1
+                if self.retry.exhausted(attempts):
+                    return await self._exhausted(sequence_number, attempts, exc)
+                self.retries += 1
+                delay = self.retry.delay(attempts)
+                log.warning(
+                    "checkpoint failed, retrying",
+                    pipeline=self.pipeline,
+                    checkpoint=sequence_number,
+                    attempt=attempts,
+                    delay=round(delay, 3),
+                    error=repr(exc),
+                )
+                if not await sleep_unless_set(self._stopping, delay):
+                    return _NO_COMPLETION
+            try:
+                return await self.worker.process_checkpoint(checkpoint)
+            except Exception as again:
+                exc = again
+
+    async def _exhausted(self, sequence_number: int, attempts: int, exc: Exception) -> Any:
+        error = f"checkpoint {sequence_number} failed after {attempts} attempts: {exc!r}"
+        if self.retry.on_exhausted == "skip":
+            await self._dead_letter(sequence_number, repr(exc))
+            self.dead_letters += 1
+            log.error("checkpoint dead-lettered", pipeline=self.pipeline, error=error)
+            return None
+        self._on_halt(PipelineHalted(self.pipeline, error, sequence_number))
+        return _NO_COMPLETION
+
+    def _reschedule(self, sequence_number: int, checkpoint: Any, after: float) -> None:
+        """Give the slot back and dispatch the checkpoint again when it is due."""
+
+        def due() -> None:
+            self._timers.pop(sequence_number, None)
+            if not self._stopping.is_set():
+                self.dispatch(sequence_number, checkpoint)
+
+        loop = asyncio.get_running_loop()
+        self._timers[sequence_number] = loop.call_later(after, due)

@@ -1,0 +1,15 @@
+"""Progress stores: where each pipeline's watermark and dead letters are kept."""
+
+from ._base import DeadLetter, ProgressStore, TransactionalProgressStore
+from .file import FileProgressStore
+from .memory import MemoryProgressStore
+from .sqlite import SqliteProgressStore
+
+__all__ = [
+    "DeadLetter",
+    "FileProgressStore",
+    "MemoryProgressStore",
+    "ProgressStore",
+    "SqliteProgressStore",
+    "TransactionalProgressStore",
+]

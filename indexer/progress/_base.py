@@ -1,0 +1,82 @@
+"""The progress store contract: per-pipeline watermarks and dead letters."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import msgspec
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """A checkpoint a pipeline gave up on (``on_exhausted="skip"``), with the last error."""
+
+    pipeline: str
+    sequence_number: int
+    error: str
+    recorded_at: float = msgspec.field(default_factory=time.time)
+
+
+class ProgressStore(ABC):
+    """Keeps each pipeline's watermark: the next checkpoint it has not yet committed.
+
+    A store never lowers a watermark: ``save`` with a lower value keeps the higher one. Only
+    ``reset`` lowers it. ``open`` is idempotent; the executor opens a store it is given and
+    closes it again if it was the one that opened it.
+    """
+
+    is_open: bool = False
+
+    async def open(self) -> None:
+        """Connect or create what the store needs (idempotent)."""
+        self.is_open = True
+
+    async def close(self) -> None:
+        """Release connections and files (idempotent)."""
+        self.is_open = False
+
+    async def __aenter__(self) -> ProgressStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @abstractmethod
+    async def load(self, pipeline: str) -> int | None:
+        """The pipeline's saved watermark, or None when it has never saved one."""
+
+    @abstractmethod
+    async def save(self, pipeline: str, watermark: int) -> int:
+        """Raise the pipeline's watermark to ``watermark``; returns the value now stored."""
+
+    @abstractmethod
+    async def reset(self, pipeline: str, watermark: int) -> None:
+        """Set the watermark to any value, lower included: the one way to re-index."""
+
+    @abstractmethod
+    async def watermarks(self) -> dict[str, int]:
+        """Every pipeline's saved watermark."""
+
+    @abstractmethod
+    async def add_dead_letter(self, pipeline: str, sequence_number: int, error: str) -> None:
+        """Record that ``pipeline`` skipped ``sequence_number`` after ``error``."""
+
+    @abstractmethod
+    async def dead_letters(self, pipeline: str | None = None) -> list[DeadLetter]:
+        """Dead-lettered checkpoints, of one pipeline or all, in sequence order."""
+
+
+class TransactionalProgressStore(ProgressStore):
+    """A store on a database that can write a batch and a watermark in one transaction.
+
+    ``transaction(pipeline, watermark)`` opens a transaction and yields its connection; when the
+    block ends without an error the watermark is raised in the same transaction and it commits,
+    otherwise it rolls back and nothing of the batch or the watermark is kept.
+    """
+
+    @abstractmethod
+    def transaction(self, pipeline: str, watermark: int) -> AbstractAsyncContextManager[Any]:
+        """Open a transaction that also raises ``pipeline``'s watermark when it commits."""

@@ -1,0 +1,159 @@
+"""A progress store in one JSON file, rewritten atomically whenever it changes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+
+import msgspec
+
+from ..errors import ProgressStoreError
+from ._base import DeadLetter, ProgressStore
+
+
+class _ProgressFile(msgspec.Struct):
+    """The file's layout: ``{"watermarks": {pipeline: int}, "dead_letters": [...]}``."""
+
+    watermarks: dict[str, int] = msgspec.field(default_factory=dict)
+    dead_letters: list[DeadLetter] = msgspec.field(default_factory=list)
+
+
+_decoder = msgspec.json.Decoder(_ProgressFile)
+
+_DeadLetters = dict[tuple[str, int], DeadLetter]
+
+
+class FileProgressStore(ProgressStore):
+    """Watermarks and dead letters in a JSON file, for runs without a database.
+
+    The file is read once (on ``open`` or the first call) and then kept in memory; every change
+    replaces it atomically (temp file, fsync, rename, fsync of the directory), so a crash leaves
+    either the old or the new file. A missing or empty file is a fresh start; a corrupt one raises
+    :class:`ProgressStoreError` and is never overwritten. One process should own the file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._watermarks: dict[str, int] | None = None
+        self._dead_letters: _DeadLetters = {}
+
+    async def open(self) -> None:
+        """Read the file (once), so that a corrupt file is reported at start-up."""
+        self._loaded()
+        await super().open()
+
+    async def close(self) -> None:
+        """Forget the in-memory copy; the next use reads the file again."""
+        self._watermarks = None
+        self._dead_letters = {}
+        await super().close()
+
+    async def load(self, pipeline: str) -> int | None:
+        """The pipeline's watermark, or None when it has never saved one."""
+        return self._loaded().get(pipeline)
+
+    async def save(self, pipeline: str, watermark: int) -> int:
+        """Raise the watermark and rewrite the file; otherwise write nothing."""
+        watermarks = self._loaded()
+        current = watermarks.get(pipeline)
+        if current is not None and watermark <= current:
+            return current
+        self._write({**watermarks, pipeline: watermark}, self._dead_letters)
+        return watermark
+
+    async def reset(self, pipeline: str, watermark: int) -> None:
+        """Set the watermark to any value, lower included, and rewrite the file."""
+        watermarks = self._loaded()
+        if watermarks.get(pipeline) != watermark:
+            self._write({**watermarks, pipeline: watermark}, self._dead_letters)
+
+    async def watermarks(self) -> dict[str, int]:
+        """A copy of every pipeline's watermark."""
+        return dict(self._loaded())
+
+    async def add_dead_letter(self, pipeline: str, sequence_number: int, error: str) -> None:
+        """Record a skipped checkpoint (replacing an earlier record of it) and rewrite the file."""
+        watermarks = self._loaded()
+        letter = DeadLetter(pipeline, sequence_number, error)
+        self._write(watermarks, {**self._dead_letters, (pipeline, sequence_number): letter})
+
+    async def dead_letters(self, pipeline: str | None = None) -> list[DeadLetter]:
+        """Dead letters of one pipeline or all, sorted by sequence number then pipeline."""
+        self._loaded()
+        return [
+            d for d in _sorted(self._dead_letters) if pipeline is None or d.pipeline == pipeline
+        ]
+
+    def _loaded(self) -> dict[str, int]:
+        """The in-memory watermarks, reading the file on first use."""
+        if self._watermarks is None:
+            content = self._read()
+            self._dead_letters = {(d.pipeline, d.sequence_number): d for d in content.dead_letters}
+            self._watermarks = dict(content.watermarks)
+        return self._watermarks
+
+    def _read(self) -> _ProgressFile:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return _ProgressFile()
+        except OSError as exc:
+            raise ProgressStoreError(
+                f"{self.path}: cannot read progress file: {exc.strerror or exc}"
+            ) from exc
+        if not raw.strip():
+            return _ProgressFile()
+        try:
+            return _decoder.decode(raw)
+        except msgspec.DecodeError as exc:  # ValidationError is a subclass
+            reason = " ".join(str(exc).split())
+            raise ProgressStoreError(f"{self.path}: not a valid progress file: {reason}") from exc
+
+    def _write(self, watermarks: dict[str, int], dead_letters: _DeadLetters) -> None:
+        """Replace the file with the new state, then adopt it in memory (only if that worked)."""
+        content = _ProgressFile(watermarks=watermarks, dead_letters=_sorted(dead_letters))
+        data = msgspec.json.format(msgspec.json.encode(content), indent=2) + b"\n"
+        try:
+            _write_atomically(self.path, data)
+        except OSError as exc:
+            raise ProgressStoreError(
+                f"{self.path}: cannot write progress file: {exc.strerror or exc}"
+            ) from exc
+        self._watermarks = watermarks
+        self._dead_letters = dead_letters
+
+
+def _sorted(dead_letters: _DeadLetters) -> list[DeadLetter]:
+    return sorted(dead_letters.values(), key=lambda d: (d.sequence_number, d.pipeline))
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temp file beside ``path``, fsync it, rename it over ``path``."""
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename durable; skipped where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,50 @@
+"""A progress store kept in memory: for tests and for runs that need not resume."""
+
+from __future__ import annotations
+
+from ._base import DeadLetter, ProgressStore
+
+
+class MemoryProgressStore(ProgressStore):
+    """Watermarks and dead letters in plain dicts; everything is lost when the process ends.
+
+    A dead letter is keyed by ``(pipeline, sequence_number)`` like the SQLite table: recording
+    the same checkpoint again replaces its error.
+    """
+
+    def __init__(self, initial: dict[str, int] | None = None) -> None:
+        self._watermarks: dict[str, int] = dict(initial or {})
+        self._dead_letters: dict[tuple[str, int], DeadLetter] = {}
+
+    async def load(self, pipeline: str) -> int | None:
+        """The pipeline's watermark, or None when it has never saved one."""
+        return self._watermarks.get(pipeline)
+
+    async def save(self, pipeline: str, watermark: int) -> int:
+        """Raise the watermark (never lower it); returns the value now stored."""
+        current = self._watermarks.get(pipeline)
+        if current is None or watermark > current:
+            self._watermarks[pipeline] = watermark
+            return watermark
+        return current
+
+    async def reset(self, pipeline: str, watermark: int) -> None:
+        """Set the watermark to any value, lower included."""
+        self._watermarks[pipeline] = watermark
+
+    async def watermarks(self) -> dict[str, int]:
+        """A copy of every pipeline's watermark."""
+        return dict(self._watermarks)
+
+    async def add_dead_letter(self, pipeline: str, sequence_number: int, error: str) -> None:
+        """Record a skipped checkpoint (replacing an earlier record of the same one)."""
+        self._dead_letters[(pipeline, sequence_number)] = DeadLetter(
+            pipeline, sequence_number, error
+        )
+
+    async def dead_letters(self, pipeline: str | None = None) -> list[DeadLetter]:
+        """Dead letters of one pipeline or all, sorted by sequence number then pipeline."""
+        return sorted(
+            (d for d in self._dead_letters.values() if pipeline is None or d.pipeline == pipeline),
+            key=lambda d: (d.sequence_number, d.pipeline),
+        )

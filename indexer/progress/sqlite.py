@@ -1,0 +1,238 @@
+"""The default progress store: an embedded SQLite database that sinks may share."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from ..errors import ProgressStoreError
+from ._base import DeadLetter, TransactionalProgressStore
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS indexer_watermarks (
+        pipeline TEXT PRIMARY KEY,
+        next_checkpoint INTEGER NOT NULL,
+        updated_at REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS indexer_dead_letters (
+        pipeline TEXT,
+        sequence_number INTEGER,
+        error TEXT,
+        recorded_at REAL,
+        PRIMARY KEY (pipeline, sequence_number)
+    )""",
+)
+
+_RAISE = """
+    INSERT INTO indexer_watermarks (pipeline, next_checkpoint, updated_at) VALUES (?, ?, ?)
+    ON CONFLICT (pipeline) DO UPDATE
+    SET next_checkpoint = excluded.next_checkpoint, updated_at = excluded.updated_at
+    WHERE excluded.next_checkpoint > indexer_watermarks.next_checkpoint
+"""
+
+_RESET = """
+    INSERT INTO indexer_watermarks (pipeline, next_checkpoint, updated_at) VALUES (?, ?, ?)
+    ON CONFLICT (pipeline) DO UPDATE
+    SET next_checkpoint = excluded.next_checkpoint, updated_at = excluded.updated_at
+"""
+
+_ADD_DEAD_LETTER = """
+    INSERT INTO indexer_dead_letters (pipeline, sequence_number, error, recorded_at)
+    VALUES (?, ?, ?, ?)
+    ON CONFLICT (pipeline, sequence_number) DO UPDATE
+    SET error = excluded.error, recorded_at = excluded.recorded_at
+"""
+
+_LOAD = "SELECT next_checkpoint FROM indexer_watermarks WHERE pipeline = ?"
+_ORDER = " ORDER BY sequence_number, pipeline"
+
+
+class SqliteProgressStore(TransactionalProgressStore):
+    """Watermarks and dead letters in SQLite (WAL, ``synchronous=FULL``) via aiosqlite.
+
+    One connection serves the store; an asyncio lock keeps ``save`` and an open ``transaction``
+    from interleaving on it. A sink whose tables live in the same file (compare ``.path``) can
+    write its rows and the watermark in one transaction. Methods open the store lazily.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._conn: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()  # serialises all use of the one connection
+        self._open_lock = asyncio.Lock()
+        self._owner: asyncio.Task[Any] | None = None  # the task holding ``_lock``
+
+    async def open(self) -> None:
+        """Connect, create the parent directory and the tables; idempotent."""
+        async with self._open_lock:
+            if self._conn is not None:
+                return
+            conn: aiosqlite.Connection | None = None
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = await _connect(self.path)
+                await _run(conn, "PRAGMA journal_mode=WAL")
+                await _run(conn, "PRAGMA synchronous=FULL")
+                for statement in _SCHEMA:
+                    await _run(conn, statement)
+            except (OSError, sqlite3.Error) as exc:
+                if conn is not None:
+                    await conn.close()
+                raise ProgressStoreError(
+                    f"{self.path}: cannot open progress database: {_reason(exc)}"
+                ) from exc
+            self._conn = conn
+            await super().open()
+
+    async def close(self) -> None:
+        """Close the connection, after any open transaction has ended; idempotent."""
+        self._refuse_reentry()
+        async with self._lock:
+            if self._conn is not None:
+                conn, self._conn = self._conn, None
+                await conn.close()
+            await super().close()
+
+    async def load(self, pipeline: str) -> int | None:
+        """The pipeline's watermark, or None when it has never saved one."""
+        rows = await self._query("load", _LOAD, (pipeline,))
+        return rows[0][0] if rows else None
+
+    async def save(self, pipeline: str, watermark: int) -> int:
+        """Raise the watermark with one rise-only upsert; returns the value now stored."""
+        async with self._exclusive() as conn:
+            await _checked(self, "save", conn, _RAISE, (pipeline, watermark, time.time()))
+            rows = await _checked(self, "save", conn, _LOAD, (pipeline,))
+        return int(rows[0][0])
+
+    async def reset(self, pipeline: str, watermark: int) -> None:
+        """Set the watermark to any value, lower included."""
+        await self._query("reset", _RESET, (pipeline, watermark, time.time()))
+
+    async def watermarks(self) -> dict[str, int]:
+        """Every pipeline's watermark."""
+        rows = await self._query("load", "SELECT pipeline, next_checkpoint FROM indexer_watermarks")
+        return {pipeline: value for pipeline, value in rows}
+
+    async def add_dead_letter(self, pipeline: str, sequence_number: int, error: str) -> None:
+        """Record a skipped checkpoint (replacing an earlier record of it)."""
+        params = (pipeline, sequence_number, error, time.time())
+        await self._query("save a dead letter", _ADD_DEAD_LETTER, params)
+
+    async def dead_letters(self, pipeline: str | None = None) -> list[DeadLetter]:
+        """Dead letters of one pipeline or all, sorted by sequence number then pipeline."""
+        sql = "SELECT pipeline, sequence_number, error, recorded_at FROM indexer_dead_letters"
+        params: tuple[Any, ...] = ()
+        if pipeline is not None:
+            sql += " WHERE pipeline = ?"
+            params = (pipeline,)
+        rows = await self._query("load dead letters", sql + _ORDER, params)
+        return [DeadLetter(p, s, e, r) for p, s, e, r in rows]
+
+    @asynccontextmanager
+    async def transaction(
+        self, pipeline: str, watermark: int
+    ) -> AsyncIterator[aiosqlite.Connection]:
+        """Yield the connection inside ``BEGIN IMMEDIATE``; commit rows and watermark together.
+
+        On a clean exit the watermark is raised (rise-only) in the same transaction and it
+        commits; if the block raises, everything rolls back and the error propagates unchanged.
+        The block must not commit or roll back itself, nor call this store's other methods.
+        """
+        async with self._exclusive() as conn:
+            try:
+                await _checked(self, "begin a transaction", conn, "BEGIN IMMEDIATE")
+                yield conn
+                params = (pipeline, watermark, time.time())
+                await _checked(self, "save in a transaction", conn, _RAISE, params)
+                await _checked(self, "commit", conn, "COMMIT")
+            except BaseException:
+                await _rollback(conn)
+                raise
+
+    @asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Hold the connection lock, opening the store first if needed."""
+        self._refuse_reentry()
+        async with self._lock:
+            if self._conn is None:
+                await self.open()
+            assert self._conn is not None
+            self._owner = asyncio.current_task()
+            try:
+                yield self._conn
+            finally:
+                self._owner = None
+
+    def _refuse_reentry(self) -> None:
+        """Fail fast instead of deadlocking when a transaction's own block calls the store."""
+        if self._owner is not None and self._owner is asyncio.current_task():
+            raise ProgressStoreError(
+                f"{self.path}: progress store called inside its own transaction; "
+                "use the connection the transaction yields"
+            )
+
+    async def _query(self, action: str, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        async with self._exclusive() as conn:
+            return await _checked(self, action, conn, sql, params)
+
+
+async def _connect(path: Path) -> aiosqlite.Connection:
+    """Connect in autocommit mode (the store issues BEGIN itself).
+
+    When sqlite3 cannot open the file, aiosqlite stops its worker thread without waiting for it;
+    the thread then reports to the event loop, which may be closed by then ("Event loop is
+    closed" from a thread). Joining the thread on failure avoids that.
+    """
+    conn = aiosqlite.connect(path, isolation_level=None)
+    try:
+        return await conn
+    except BaseException:
+        worker = getattr(conn, "_thread", None)
+        if isinstance(worker, threading.Thread) and worker.is_alive():
+            worker.join(timeout=5)  # it only has its stop sentinel left to run
+        raise
+
+
+async def _run(conn: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+    """Execute one statement and fetch its rows (closing the cursor)."""
+    return list(await conn.execute_fetchall(sql, params))
+
+
+async def _checked(
+    store: SqliteProgressStore,
+    action: str,
+    conn: aiosqlite.Connection,
+    sql: str,
+    params: Iterable[Any] = (),
+) -> list[Any]:
+    """Run a statement of the store's own, turning SQLite errors into ProgressStoreError."""
+    try:
+        return await _run(conn, sql, params)
+    except sqlite3.Error as exc:
+        raise ProgressStoreError(f"{store.path}: cannot {action}: {_reason(exc)}") from exc
+
+
+async def _rollback(conn: aiosqlite.Connection) -> None:
+    """Roll back whatever is open; shielded so that a cancelled transaction still ends.
+
+    Statements run in order on aiosqlite's thread, so this also undoes a BEGIN that was still
+    queued when the caller was cancelled. A rollback outside a transaction does nothing.
+    """
+    with contextlib.suppress(sqlite3.Error, ValueError):  # ValueError: connection closed
+        await asyncio.shield(conn.rollback())
+
+
+def _reason(exc: BaseException) -> str:
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return " ".join(text.split()) or type(exc).__name__

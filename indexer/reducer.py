@@ -1,0 +1,95 @@
+"""The Reducer: what a user subclasses to commit a pipeline's messages in batches."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from .errors import ConfigurationError
+from .retry import RetryPolicy
+
+MessageT = TypeVar("MessageT")
+
+__all__ = ["Reducer", "TransactionalReducer"]
+
+_UNSET: Any = object()
+_size_encoder = msgspec.msgpack.Encoder()
+
+
+class Reducer(Generic[MessageT]):
+    """Receives a pipeline's messages in checkpoint order and commits them in batches.
+
+    A batch closes when it holds ``max_batch_size`` messages, when adding the next message would
+    pass ``max_batch_bytes`` (a hard cap: a single larger message is a batch of its own), when
+    ``max_batch_age`` seconds have passed since its first message (a wall-clock timer, even if no
+    other message comes), when ``should_close_batch`` says so, or at shutdown. An empty batch is
+    never committed. A failed ``commit`` is retried with ``commit_retry``; nothing after it is
+    committed until it succeeds, and the watermark is saved only after the commit that covers it.
+    Limits may be class attributes or keyword arguments; ``None`` disables one.
+    """
+
+    max_batch_size: int | None = 1000
+    max_batch_bytes: int | None = None
+    max_batch_age: float | None = 1.0
+    commit_retry: RetryPolicy = RetryPolicy(initial=0.2, max_delay=10.0)
+
+    def __init__(
+        self,
+        *,
+        max_batch_size: int | None = _UNSET,
+        max_batch_bytes: int | None = _UNSET,
+        max_batch_age: float | None = _UNSET,
+        commit_retry: RetryPolicy = _UNSET,
+    ) -> None:
+        if max_batch_size is not _UNSET:
+            self.max_batch_size = max_batch_size
+        if max_batch_bytes is not _UNSET:
+            self.max_batch_bytes = max_batch_bytes
+        if max_batch_age is not _UNSET:
+            self.max_batch_age = max_batch_age
+        if commit_retry is not _UNSET:
+            self.commit_retry = commit_retry
+
+    async def commit(self, batch: list[MessageT]) -> None:
+        """Write ``batch`` (never empty, in checkpoint order) durably; raise to have it retried."""
+        raise NotImplementedError(f"{type(self).__name__} must implement commit")
+
+    def should_close_batch(self, batch: list[MessageT], next_message: MessageT) -> bool:
+        """Return True to commit ``batch`` before ``next_message`` joins it (default: never)."""
+        return False
+
+    def message_size(self, message: MessageT) -> int:
+        """The size counted against ``max_batch_bytes`` (default: its msgpack length)."""
+        if isinstance(message, bytes | bytearray | str):
+            return len(message)
+        return len(_size_encoder.encode(message))
+
+    def validate(self) -> None:
+        """Raise ConfigurationError for limits that make no sense."""
+        name = type(self).__name__
+        for key in ("max_batch_size", "max_batch_bytes"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigurationError(f"{name}.{key} must be a positive integer, got {value!r}")
+        age = self.max_batch_age
+        if age is not None and not age > 0:
+            raise ConfigurationError(f"{name}.max_batch_age must be > 0 seconds, got {age!r}")
+
+
+class TransactionalReducer(Reducer[MessageT]):
+    """A Reducer whose batch and watermark commit in one transaction of the progress store.
+
+    It needs a ``TransactionalProgressStore`` (SQLite or PostgreSQL); the executor hands
+    ``commit_in_transaction`` the store's connection inside a transaction that also raises the
+    watermark, so after a crash each checkpoint's writes are there exactly once.
+    """
+
+    async def commit_in_transaction(self, connection: Any, batch: list[MessageT]) -> None:
+        """Write ``batch`` with ``connection``; do not commit or roll back yourself."""
+        raise NotImplementedError(f"{type(self).__name__} must implement commit_in_transaction")
+
+    async def commit(self, batch: list[MessageT]) -> None:
+        raise ConfigurationError(
+            f"{type(self).__name__} is transactional and needs a transactional progress store"
+        )

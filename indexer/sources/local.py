@@ -1,0 +1,279 @@
+"""A feed of ``{sequence_number}.chk`` files in a local directory, read in batches off the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import AsyncGenerator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import structlog
+
+from ..checkpoint import CheckpointDecoder
+from ..errors import CheckpointDecodeError, ConfigurationError
+from ._base import CheckpointSource, SourcedBatch
+
+logger = structlog.get_logger("indexer.sources")
+
+#: Canonical feed names only: ``007.chk`` or ``+7.chk`` would never be found by number.
+_FEED_NAME = re.compile(r"(0|[1-9][0-9]*)\.chk")
+#: Temporary files of ``write_feed``: a write in progress, not a stray file worth a warning.
+_FEED_TEMP = re.compile(r"\.(0|[1-9][0-9]*)\.chk\.tmp")
+_READ_SIZE = 1 << 16
+#: While a file is missing, list the directory (for gap and stray-name warnings) every this many
+#: polls: tailing the head of a live feed misses a few polls per checkpoint, and listing a
+#: directory of a million files on every one of them would cost far more than the reads.
+_LIST_EVERY = 5
+#: ``prune`` deletes by name (no listing) when the watermark moved by at most this much.
+_PRUNE_BY_NAME = 4096
+
+
+class _Listing(NamedTuple):
+    exists: bool
+    has_missing: bool  # the file that was missing is there now
+    next_present: int | None  # the smallest number above the missing one
+    odd_names: list[str]
+
+
+class LocalDirectorySource(CheckpointSource):
+    """Reads ``{n}.chk`` msgpack files of ``path`` in order, tailing it when ``follow`` is True.
+
+    Files are opened by their expected names (no listing on the fast path), a batch at a time in
+    one dedicated thread, with the next batch read while the consumer handles the current one.
+    Without ``follow`` the feed ends at the first missing file.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        poll_interval: float = 0.1,
+        follow: bool = True,
+        batch_size: int = 256,
+        delete_below_watermark: bool = False,
+    ) -> None:
+        if poll_interval <= 0:
+            raise ConfigurationError(f"poll_interval must be > 0, got {poll_interval}")
+        if batch_size < 1:
+            raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
+        self.path = Path(path)
+        self.poll_interval = poll_interval
+        self.follow = follow
+        self.batch_size = batch_size
+        self.delete_below_watermark = delete_below_watermark
+        self._prefix = os.path.join(str(self.path), "")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="indexer-feed-reader")
+        self._warned_names: set[str] = set()
+        self._warned_gaps: set[int] = set()
+        self._warned_missing_directory = False
+        self._pruned_below = 0
+        self._prune_listed = False
+
+    def __repr__(self) -> str:
+        return f"LocalDirectorySource({str(self.path)!r}, follow={self.follow})"
+
+    # -- executor thread --------------------------------------------------------------------
+
+    def _read_run(self, start: int, limit: int) -> list[bytes]:
+        """Read files ``start, start+1, ...`` up to the first missing one (at most ``limit``)."""
+        prefix = self._prefix
+        contents: list[bytes] = []
+        for n in range(start, start + limit):
+            try:
+                fd = os.open(f"{prefix}{n}.chk", os.O_RDONLY)
+            except FileNotFoundError:
+                break
+            except OSError:
+                if contents:
+                    break  # return what was read; the next read raises at this file
+                raise
+            try:
+                data = os.read(fd, _READ_SIZE)
+                if len(data) == _READ_SIZE:  # a large checkpoint: read the rest
+                    chunks = [data]
+                    while chunk := os.read(fd, _READ_SIZE):
+                        chunks.append(chunk)
+                    data = b"".join(chunks)
+            except OSError:
+                if contents:
+                    break
+                raise
+            finally:
+                os.close(fd)
+            contents.append(data)
+        return contents
+
+    def _names(self) -> list[str] | None:
+        """The names in the feed directory, None when it does not exist."""
+        try:
+            with os.scandir(self.path) as entries:
+                return [entry.name for entry in entries]
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            raise ConfigurationError(f"feed path {self.path} is not a directory") from None
+
+    def _is_odd(self, name: str) -> bool:
+        return name not in self._warned_names and _FEED_TEMP.fullmatch(name) is None
+
+    def _list(self, missing: int) -> _Listing:
+        """List the feed: is ``missing`` there now, what follows it, which names are odd."""
+        next_present: int | None = None
+        has_missing = False
+        odd: list[str] = []
+        names = self._names()
+        if names is None:
+            return _Listing(False, False, None, [])
+        for name in names:
+            match = _FEED_NAME.fullmatch(name)
+            if match is None:
+                if self._is_odd(name):
+                    odd.append(name)
+                continue
+            n = int(match[1])
+            if n == missing:
+                has_missing = True
+            elif n > missing and (next_present is None or n < next_present):
+                next_present = n
+        return _Listing(True, has_missing, next_present, odd)
+
+    def _numbers(self) -> tuple[list[int] | None, list[str]]:
+        """Every feed number in the directory (None when it does not exist) and the odd names."""
+        names = self._names()
+        if names is None:
+            return None, []
+        numbers: list[int] = []
+        odd: list[str] = []
+        for name in names:
+            match = _FEED_NAME.fullmatch(name)
+            if match is not None:
+                numbers.append(int(match[1]))
+            elif self._is_odd(name):
+                odd.append(name)
+        return numbers, odd
+
+    def _prune(self, below: int) -> None:
+        if below <= self._pruned_below:
+            return
+        if self._prune_listed and below - self._pruned_below <= _PRUNE_BY_NAME:
+            doomed: Any = range(self._pruned_below, below)
+        else:
+            numbers, _ = self._numbers()
+            doomed = [n for n in numbers or () if n < below]
+        for n in doomed:
+            with suppress(FileNotFoundError):
+                os.unlink(f"{self._prefix}{n}.chk")
+        self._prune_listed = True
+        self._pruned_below = below
+
+    # -- event loop ---------------------------------------------------------------------------
+
+    def _warn_odd(self, names: list[str]) -> None:
+        for name in names:
+            if name not in self._warned_names:
+                self._warned_names.add(name)
+                logger.warning(
+                    "ignoring file with a non-numeric name", file=name, directory=str(self.path)
+                )
+
+    def _check_listing(self, listing: _Listing, missing: int) -> None:
+        """Warn about odd names, a gap at ``missing``, a missing directory (an error if finite)."""
+        if not listing.exists:
+            if not self.follow:
+                raise ConfigurationError(f"feed directory {self.path} does not exist")
+            if not self._warned_missing_directory:
+                self._warned_missing_directory = True
+                logger.warning("waiting for the feed directory to appear", directory=str(self.path))
+            return
+        self._warn_odd(listing.odd_names)
+        if (
+            listing.next_present is not None
+            and not listing.has_missing
+            and missing not in self._warned_gaps
+        ):
+            self._warned_gaps.add(missing)
+            logger.warning(
+                "gap in feed",
+                missing=missing,
+                next_present=listing.next_present,
+                directory=str(self.path),
+            )
+
+    async def stream(
+        self, start: int, decoder: CheckpointDecoder[Any]
+    ) -> AsyncGenerator[SourcedBatch, None]:
+        """Yield the files from ``start`` on in batches; tail the directory when ``follow``."""
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        loop = asyncio.get_running_loop()
+        executor, read, size = self._executor, self._read_run, self.batch_size
+        decode, prefix = decoder.decode, self._prefix
+        n = start
+        misses = 0
+        future = loop.run_in_executor(executor, read, n, size)
+        inflight: asyncio.Future[list[bytes]] | None = future  # the read not yet awaited
+        try:
+            while True:
+                contents = await future
+                inflight = None
+                if not contents:
+                    misses += 1
+                    if not self.follow or (
+                        misses % _LIST_EVERY == 0 and n not in self._warned_gaps
+                    ):
+                        listing = await loop.run_in_executor(executor, self._list, n)
+                        self._check_listing(listing, n)
+                        if not self.follow and listing.has_missing and misses == 1:
+                            # It arrived between the read and the listing: read it before ending.
+                            future = inflight = loop.run_in_executor(executor, read, n, size)
+                            continue
+                    if not self.follow:
+                        return
+                    await asyncio.sleep(self.poll_interval)
+                    future = inflight = loop.run_in_executor(executor, read, n, size)
+                    continue
+                misses = 0
+                end = n + len(contents)
+                # Read ahead: the next batch is read while this one is decoded and consumed.
+                future = inflight = loop.run_in_executor(executor, read, end, size)
+                batch: SourcedBatch = []
+                try:
+                    for i, data in enumerate(contents, n):
+                        batch.append(
+                            (decode(data, sequence_number=i, origin=f"{prefix}{i}.chk"), len(data))
+                        )
+                except CheckpointDecodeError:
+                    if batch:  # hand over the good checkpoints before the bad one
+                        yield batch
+                    raise
+                n = end
+                contents.clear()  # the raw bytes need not stay alive while the consumer runs
+                yield batch
+        finally:
+            # A read still in flight finishes in the thread; its result (or error) is dropped.
+            if inflight is not None and not inflight.cancel() and not inflight.cancelled():
+                inflight.exception()
+
+    async def latest_sequence_number(self) -> int | None:
+        """The largest ``{n}.chk`` in the directory, or None when it holds none (or is missing)."""
+        loop = asyncio.get_running_loop()
+        numbers, odd = await loop.run_in_executor(self._executor, self._numbers)
+        self._warn_odd(odd)
+        return max(numbers) if numbers else None
+
+    async def prune(self, below: int) -> None:
+        """Delete the files numbered below ``below`` when ``delete_below_watermark`` is set.
+
+        The first call lists the directory; later ones delete the new range by name, so files
+        that appear below an earlier ``below`` afterwards are not looked for again.
+        """
+        if self.delete_below_watermark and below > self._pruned_below:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._prune, below)
+
+    async def close(self) -> None:
+        """Stop the reader thread (after the read it may be doing; idempotent)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
