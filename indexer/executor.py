@@ -176,8 +176,10 @@ class IndexerExecutor:
             for pool in pools:
                 if not drain:
                     pool.request_stop()
-            finishing = asyncio.gather(*(pool._finish(drain) for pool in pools))
-            stopping = asyncio.ensure_future(self._stop.wait())
+            finishing: asyncio.Future[Any] = asyncio.gather(
+                *(pool._finish(drain) for pool in pools)
+            )
+            stopping: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
             await asyncio.wait([finishing, stopping], return_when=asyncio.FIRST_COMPLETED)
             if not finishing.done():  # a stop arrived while draining
                 for pool in pools:
@@ -244,7 +246,7 @@ class IndexerExecutor:
 
     @contextlib.contextmanager
     def _signal_handlers(self) -> Iterator[None]:
-        installed: list[int] = []
+        installed: list[signal.Signals] = []
         if self.handle_signals:
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):

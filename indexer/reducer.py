@@ -65,6 +65,18 @@ class Reducer(Generic[MessageT]):
             return len(message)
         return len(_size_encoder.encode(message))
 
+    async def close(self) -> None:
+        """Release connections or files; called once when the pipeline ends."""
+
+    def uses_store_transaction(self, store: Any) -> bool:
+        """True when batches go through ``commit_in_transaction`` inside the progress store's
+        transaction (exactly-once); False for ``commit`` followed by a watermark save."""
+        return False
+
+    async def commit_in_transaction(self, connection: Any, batch: list[MessageT]) -> None:
+        """Write ``batch`` with the store's ``connection``; do not commit or roll back."""
+        raise NotImplementedError(f"{type(self).__name__} must implement commit_in_transaction")
+
     def validate(self) -> None:
         """Raise ConfigurationError for limits that make no sense."""
         name = type(self).__name__
@@ -85,9 +97,8 @@ class TransactionalReducer(Reducer[MessageT]):
     watermark, so after a crash each checkpoint's writes are there exactly once.
     """
 
-    async def commit_in_transaction(self, connection: Any, batch: list[MessageT]) -> None:
-        """Write ``batch`` with ``connection``; do not commit or roll back yourself."""
-        raise NotImplementedError(f"{type(self).__name__} must implement commit_in_transaction")
+    def uses_store_transaction(self, store: Any) -> bool:
+        return True
 
     async def commit(self, batch: list[MessageT]) -> None:
         raise ConfigurationError(

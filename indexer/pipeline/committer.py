@@ -20,7 +20,7 @@ import structlog
 
 from ..errors import PipelineHalted
 from ..progress import ProgressStore, TransactionalProgressStore
-from ..reducer import Reducer, TransactionalReducer
+from ..reducer import Reducer
 from ..retry import RetryPolicy, sleep_unless_set
 from ..watermark import WatermarkTracker
 
@@ -54,7 +54,7 @@ class Committer:
         self.failed_commits = 0
         self.progress_interval = progress_interval
         self._stopping = stopping
-        self._transactional = isinstance(reducer, TransactionalReducer)
+        self._transactional = reducer is not None and reducer.uses_store_transaction(store)
         self._items: deque[tuple[int, Any]] = deque()
         self._wake = asyncio.Event()
         self._closing = False
@@ -180,7 +180,6 @@ class Committer:
         if self._transactional:
             store = self.store
             assert isinstance(store, TransactionalProgressStore)
-            assert isinstance(reducer, TransactionalReducer)
 
             async def commit() -> None:
                 async with store.transaction(self.pipeline, upto) as connection:

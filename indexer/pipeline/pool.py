@@ -10,7 +10,7 @@ import structlog
 
 from ..errors import ConfigurationError, PipelineHalted
 from ..progress import ProgressStore, TransactionalProgressStore
-from ..reducer import Reducer, TransactionalReducer
+from ..reducer import Reducer
 from ..retry import RetryPolicy
 from ..watermark import WatermarkTracker
 from ..worker import Worker
@@ -103,8 +103,10 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
     async def _start(
         self, store: ProgressStore, start: int, on_halt: Callable[[WorkerPool[Any, Any]], None]
     ) -> None:
-        if isinstance(self.reducer, TransactionalReducer) and not isinstance(
-            store, TransactionalProgressStore
+        if (
+            self.reducer is not None
+            and self.reducer.uses_store_transaction(store)
+            and not isinstance(store, TransactionalProgressStore)
         ):
             raise ConfigurationError(
                 f"pipeline {self.name!r}: {type(self.reducer).__name__} commits in the progress "
@@ -123,7 +125,7 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
             max_bytes=self.max_inflight_bytes,
             release_on_complete=self.reducer is None,
         )
-        self.committer = Committer(
+        self.committer = committer = Committer(
             self.name,
             self.tracker,
             store,
@@ -132,7 +134,9 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
             progress_interval=self.progress_interval,
             stopping=self._stopping,
         )
-        self.tracker.on_blocked = self.committer.window_full
+        self.tracker.on_blocked = committer.window_full
+        self._push = committer.push
+        self._notify = committer.notify
         self.processor = Processor(
             self.name,
             self.worker,
@@ -144,7 +148,7 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
             on_halt=self._halt,
             dead_letter=lambda seq, error: store.add_dead_letter(self.name, seq, error),
         )
-        self._committer_task = asyncio.create_task(self.committer.run(), name=f"{self.name}:commit")
+        self._committer_task = asyncio.create_task(committer.run(), name=f"{self.name}:commit")
         self._committer_task.add_done_callback(self._committer_done)
         await self.processor.start()
         self._running = True
@@ -175,7 +179,7 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
     def _complete_no_reducer(self, sequence_number: int, message: Any) -> None:
         self.processed += 1
         if self.tracker.complete(sequence_number):
-            self.committer.notify()
+            self._notify()
             if not self.tracker.incomplete:
                 self._settled.set()
 
@@ -183,7 +187,7 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
         self.processed += 1
         released = self.tracker.complete(sequence_number, message)
         if released:
-            self.committer.push(released)
+            self._push(released)
             if not self.tracker.incomplete:
                 self._settled.set()
 
@@ -219,10 +223,14 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
         if self.error is not None or not drain:
             self._stopping.set()
         await self.processor.shutdown()
-        self.committer.close()
+        committer = self.committer
+        assert committer is not None
+        committer.close()
         await asyncio.wait([self._committer_task])
         self._running = False
-        return self.committer.saved
+        if self.reducer is not None:
+            await self.reducer.close()
+        return committer.saved
 
     async def _abort(self) -> None:
         self._stopping.set()
@@ -230,6 +238,8 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
         self._committer_task.cancel()
         await asyncio.wait([self._committer_task])
         self._running = False
+        if self.reducer is not None:
+            await self.reducer.close()
 
     @property
     def watermark(self) -> int:

@@ -1,0 +1,40 @@
+# Everything a fresh clone needs: `make test` and `make demo` create the environment first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+POSTGRES_DSN ?= postgresql://postgres@127.0.0.1:5432/test
+
+.PHONY: install test demo lint format bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# PostgreSQL tests run when a server answers at 127.0.0.1:5432 (or INDEXER_TEST_POSTGRES_DSN is set).
+test: install
+	@if [ -z "$$INDEXER_TEST_POSTGRES_DSN" ] && $(PY) -c "import socket; socket.create_connection(('127.0.0.1', 5432), 1)" 2>/dev/null; then \
+		export INDEXER_TEST_POSTGRES_DSN=$(POSTGRES_DSN); fi; \
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: install
+	$(PY) examples/demo.py
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy indexer
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: install
+	$(PY) benchmarks/dispatch.py
+	$(PY) benchmarks/gc_window.py
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,116 @@
+"""SqliteSink: rows into a SQLite table, exactly once when it shares the progress store's file."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from indexer import ConfigurationError, Reducer
+from indexer.progress import SqliteProgressStore
+
+Row = Sequence[Any] | Mapping[str, Any]
+
+
+class SqliteSink(Reducer[Sequence[Row]]):
+    """Inserts the rows of each message (a list of rows) into ``table``.
+
+    ``columns`` maps column names to SQL types; the table is created when missing. Rows are
+    tuples in column order or mappings by column name. With ``key`` (column names) rows are
+    upserted, so replays are idempotent. When ``path`` is None or names the progress store's
+    own SQLite file, each batch is written in the store's transaction together with the
+    watermark (exactly-once); otherwise the sink keeps its own connection (at-least-once).
+    """
+
+    def __init__(
+        self,
+        table: str,
+        columns: Mapping[str, str],
+        *,
+        path: str | os.PathLike[str] | None = None,
+        key: Sequence[str] = (),
+        **limits: Any,
+    ) -> None:
+        super().__init__(**limits)
+        if not table.isidentifier():
+            raise ConfigurationError(f"SqliteSink table name {table!r} is not an identifier")
+        if not columns:
+            raise ConfigurationError(f"SqliteSink {table!r}: columns must not be empty")
+        unknown = [k for k in key if k not in columns]
+        if unknown:
+            raise ConfigurationError(f"SqliteSink {table!r}: key columns {unknown} not in columns")
+        self.table = table
+        self.columns = dict(columns)
+        self.path = Path(path) if path is not None else None
+        self.key = tuple(key)
+        self._conn: aiosqlite.Connection | None = None
+        self._created: set[int] = set()
+        names = ", ".join(self.columns)
+        marks = ", ".join("?" for _ in self.columns)
+        self._insert = f"INSERT INTO {table} ({names}) VALUES ({marks})"
+        if self.key:
+            updates = ", ".join(f"{c} = excluded.{c}" for c in self.columns if c not in key)
+            action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+            self._insert += f" ON CONFLICT ({', '.join(self.key)}) {action}"
+
+    def uses_store_transaction(self, store: Any) -> bool:
+        if not isinstance(store, SqliteProgressStore):
+            return False
+        return self.path is None or self.path.resolve() == store.path.resolve()
+
+    def _ddl(self) -> list[str]:
+        cols = ", ".join(f"{name} {sql_type}" for name, sql_type in self.columns.items())
+        statements = [f"CREATE TABLE IF NOT EXISTS {self.table} ({cols})"]
+        if self.key:
+            statements.append(
+                f"CREATE UNIQUE INDEX IF NOT EXISTS {self.table}_key "
+                f"ON {self.table} ({', '.join(self.key)})"
+            )
+        return statements
+
+    def _rows(self, batch: Iterable[Sequence[Row]]) -> list[Sequence[Any]]:
+        names = list(self.columns)
+        rows: list[Sequence[Any]] = []
+        for message in batch:
+            for row in message:
+                if isinstance(row, Mapping):
+                    rows.append([row[name] for name in names])
+                else:
+                    rows.append(row)
+        return rows
+
+    async def _write(self, connection: aiosqlite.Connection, batch: list[Sequence[Row]]) -> None:
+        if id(connection) not in self._created:
+            for statement in self._ddl():
+                await connection.execute(statement)
+            self._created.add(id(connection))
+        await connection.executemany(self._insert, self._rows(batch))
+
+    async def commit_in_transaction(self, connection: Any, batch: list[Sequence[Row]]) -> None:
+        await self._write(connection, batch)
+
+    async def commit(self, batch: list[Sequence[Row]]) -> None:
+        if self.path is None:
+            raise ConfigurationError(
+                f"SqliteSink {self.table!r} has no path and the progress store is not SQLite"
+            )
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._conn.execute("PRAGMA journal_mode=WAL")
+        await self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            await self._write(self._conn, batch)
+        except BaseException:
+            await self._conn.execute("ROLLBACK")
+            raise
+        await self._conn.execute("COMMIT")
+
+    async def close(self) -> None:
+        """Close the sink's own connection, if it opened one."""
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
