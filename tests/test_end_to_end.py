@@ -1,0 +1,349 @@
+"""End to end: the framework run as a real program, stopped by real signals, killed, and fed
+corrupt files. See ``tests/programs/feed_indexer.py`` for the program and its output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from indexer.sources import SyntheticSource, write_feed
+
+PROGRAM = Path(__file__).parent / "programs" / "feed_indexer.py"
+PIPELINE = "feed_rows"
+EXIT_TIMEOUT = 10.0  # generous: a loaded 2-core machine; the asserted behaviour stays exact
+START_TIMEOUT = 10.0
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+
+class Program:
+    """A running ``feed_indexer.py``; stdout and stderr are read by threads as they come."""
+
+    def __init__(self, feed: Path, db: Path, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(PROGRAM), "--feed", str(feed), "--db", str(db), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.proc.stdout, self.stdout, True)),
+            threading.Thread(target=self._read, args=(self.proc.stderr, self.stderr, False)),
+        ]
+        for reader in self._readers:
+            reader.daemon = True
+            reader.start()
+
+    def _read(self, stream: object, into: list[str], announce: bool) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            line = line.rstrip("\n")
+            into.append(line)
+            if announce:
+                self._lines.put(line)
+        if announce:
+            self._lines.put(None)
+
+    def wait_for_line(self, expected: str, timeout: float = START_TIMEOUT) -> None:
+        """Wait until stdout prints ``expected``; fail if the program ends or time runs out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.kill()
+                pytest.fail(f"no {expected!r} line within {timeout}s; stderr: {self.stderr}")
+            try:
+                line = self._lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                self.finish()
+                pytest.fail(
+                    f"program ended (rc={self.proc.returncode}) before printing {expected!r}; "
+                    f"stdout: {self.stdout}; stderr: {self.stderr}"
+                )
+            if line == expected:
+                return
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def finish(self, timeout: float = EXIT_TIMEOUT) -> int:
+        """Wait for the exit (killing it after ``timeout``) and for all of its output."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"program did not exit within {timeout}s; stderr: {self.stderr[-5:]}")
+        for reader in self._readers:
+            reader.join(timeout=5)
+        return self.proc.returncode
+
+    def watermarks(self) -> dict[str, int]:
+        """The JSON dict the program prints last on success."""
+        return json.loads(self.stdout[-1])
+
+    def processed(self) -> list[int]:
+        lines = [line for line in self.stdout if line.startswith("processed ")]
+        assert len(lines) == 1, self.stdout
+        return json.loads(lines[0].removeprefix("processed "))
+
+    def resume(self) -> int:
+        lines = [line for line in self.stdout if line.startswith("resume ")]
+        assert len(lines) == 1, self.stdout
+        return int(lines[0].removeprefix("resume "))
+
+    def log_events(self, event: str) -> list[dict[str, object]]:
+        found = []
+        for line in self.stderr:
+            if line.startswith("{"):
+                record = json.loads(line)
+                if record.get("event") == event:
+                    found.append(record)
+        return found
+
+    def describe(self) -> str:
+        return f"rc={self.proc.returncode}\nstdout: {self.stdout}\nstderr: {self.stderr}"
+
+
+def make_feed(directory: Path, count: int, seed: int = 7) -> Path:
+    written = asyncio.run(write_feed(SyntheticSource(seed=seed), directory, count=count))
+    assert written == count
+    return directory
+
+
+def saved_watermark(db: Path) -> int | None:
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute(
+            "SELECT next_checkpoint FROM indexer_watermarks WHERE pipeline = ?", (PIPELINE,)
+        ).fetchall()
+    finally:
+        conn.close()
+    return rows[0][0] if rows else None
+
+
+def committed_rows(db: Path) -> list[int]:
+    """Every row's checkpoint, in insertion order (duplicates kept)."""
+    conn = sqlite3.connect(db)
+    try:
+        return [n for (n,) in conn.execute("SELECT checkpoint FROM rows ORDER BY rowid")]
+    finally:
+        conn.close()
+
+
+def assert_consistent(db: Path) -> int:
+    """Rows are exactly 0..watermark-1, once each, in order; returns the watermark."""
+    watermark = saved_watermark(db) or 0
+    assert committed_rows(db) == list(range(watermark))
+    return watermark
+
+
+@pytest.fixture
+def feed(tmp_path: Path) -> Path:
+    return tmp_path / "feed"
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "progress.sqlite"
+
+
+# -- graceful stop by signal ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_a_following_run_gracefully(feed: Path, db: Path, signum: int) -> None:
+    count = 1000  # at 0.01 s a checkpoint, 4 at a time, the feed takes 2.5 s: the stop is mid-run
+    make_feed(feed, count)
+    program = Program(feed, db, "--follow", "--delay", "0.01", "--concurrency", "4")
+    program.wait_for_line("started")
+    time.sleep(0.15)
+    program.signal(signum)
+    signalled = time.monotonic()
+    rc = program.finish()
+    elapsed = time.monotonic() - signalled
+    assert rc == 0, program.describe()
+    assert elapsed < 5.0, f"graceful stop took {elapsed:.2f}s"
+    watermark = saved_watermark(db)
+    assert watermark is not None
+    assert 0 < watermark < count
+    assert program.watermarks() == {PIPELINE: watermark}
+    assert committed_rows(db) == list(range(watermark))
+    # In-flight work was finished and committed, none was lost or processed twice.
+    assert program.processed() == list(range(watermark))
+    assert len(program.log_events("stopping: finishing in-flight work (signal again to abort)")) == 1
+
+
+def test_restart_after_sigterm_resumes_from_the_saved_watermark(feed: Path, db: Path) -> None:
+    count = 600
+    make_feed(feed, count, seed=11)
+    first = Program(feed, db, "--follow", "--delay", "0.01", "--concurrency", "4")
+    first.wait_for_line("started")
+    time.sleep(0.1)
+    first.signal(signal.SIGTERM)
+    assert first.finish() == 0, first.describe()
+    stopped_at = assert_consistent(db)
+    assert 0 < stopped_at < count
+    assert first.watermarks() == {PIPELINE: stopped_at}
+
+    second = Program(
+        feed, db, "--no-follow", "--last-checkpoint", str(count - 1), "--concurrency", "4"
+    )
+    assert second.finish() == 0, second.describe()
+    assert second.resume() == stopped_at
+    [starting] = second.log_events("pipeline starting")
+    assert starting["resume_from"] == stopped_at
+    assert starting["saved_watermark"] == stopped_at
+    assert second.processed() == list(range(stopped_at, count))
+    assert second.watermarks() == {PIPELINE: count}
+    assert saved_watermark(db) == count
+    assert committed_rows(db) == list(range(count))
+
+
+def test_second_signal_aborts_at_once_without_corrupting_the_database(
+    feed: Path, db: Path
+) -> None:
+    make_feed(feed, 100)
+    block_from = 20
+    program = Program(
+        feed,
+        db,
+        "--follow",
+        "--concurrency",
+        "2",
+        "--block-forever",
+        "--block-from",
+        str(block_from),
+    )
+    program.wait_for_line("started")
+    # Checkpoints 0..19 complete and are committed (two full batches); 20 and 21 never finish.
+    deadline = time.monotonic() + START_TIMEOUT
+    while saved_watermark(db) != block_from:
+        assert time.monotonic() < deadline, f"watermark stuck at {saved_watermark(db)}"
+        time.sleep(0.02)
+    program.signal(signal.SIGINT)
+    time.sleep(0.1)
+    assert program.proc.poll() is None, "the first signal must wait for the blocked work"
+    program.signal(signal.SIGINT)
+    aborted = time.monotonic()
+    rc = program.finish()
+    elapsed = time.monotonic() - aborted
+    assert rc == 1, program.describe()
+    assert elapsed < 2.0, f"abort took {elapsed:.2f}s"
+    assert program.stderr[-1] == "aborted: aborted by a second stop signal", program.describe()
+    assert not any(line.startswith("processed ") for line in program.stdout)
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert conn.execute("SELECT pipeline, next_checkpoint FROM indexer_watermarks").fetchall() == [
+            (PIPELINE, block_from)
+        ]
+    finally:
+        conn.close()
+    assert committed_rows(db) == list(range(block_from))
+
+
+# -- crashes --------------------------------------------------------------------------------
+
+
+def test_sigkill_at_random_moments_keeps_exactly_once(feed: Path, db: Path) -> None:
+    count = 400  # at 0.02 s a checkpoint, 4 at a time: 2 s of work, far more than the 5 kills
+    make_feed(feed, count, seed=3)
+    rng = random.Random(20240601)
+    last = ["--no-follow", "--last-checkpoint", str(count - 1), "--concurrency", "4"]
+    watermarks = []
+    for _ in range(5):
+        program = Program(feed, db, *last, "--delay", "0.02")
+        program.wait_for_line("started")
+        time.sleep(rng.uniform(0.0, 0.15))
+        program.signal(signal.SIGKILL)
+        assert program.finish() == -signal.SIGKILL, program.describe()
+        # Rows and watermark commit together: consistent after every crash.
+        watermarks.append(assert_consistent(db))
+    assert watermarks == sorted(watermarks)
+    assert 0 < watermarks[-1] < count, watermarks
+
+    final = Program(feed, db, *last)
+    assert final.finish() == 0, final.describe()
+    assert final.resume() == watermarks[-1]
+    assert final.processed() == list(range(watermarks[-1], count))
+    assert final.watermarks() == {PIPELINE: count}
+    assert saved_watermark(db) == count
+    assert committed_rows(db) == list(range(count))
+
+
+# -- bad feeds ------------------------------------------------------------------------------
+
+
+def test_corrupt_file_stops_the_run_after_committing_everything_before_it(
+    feed: Path, db: Path
+) -> None:
+    make_feed(feed, 60)
+    bad = feed / "37.chk"
+    bad.write_bytes(bad.read_bytes()[:10])
+    program = Program(
+        feed, db, "--no-follow", "--last-checkpoint", "59", "--concurrency", "4"
+    )
+    assert program.finish() == 1, program.describe()
+    last_line = program.stderr[-1]
+    assert last_line.startswith("error: "), program.describe()
+    assert f"{feed}/37.chk" in last_line
+    assert "checkpoint 37 " in last_line
+    assert not any(line.startswith("Traceback") for line in program.stderr)
+    assert saved_watermark(db) == 37
+    assert committed_rows(db) == list(range(37))
+
+
+def test_file_holding_another_checkpoint_stops_the_run(feed: Path, db: Path) -> None:
+    make_feed(feed, 40)
+    (feed / "15.chk").unlink()
+    shutil.copyfile(feed / "12.chk", feed / "15.chk")
+    program = Program(
+        feed, db, "--no-follow", "--last-checkpoint", "39", "--concurrency", "4"
+    )
+    assert program.finish() == 1, program.describe()
+    assert program.stderr[-1] == f"error: {feed}/15.chk: holds checkpoint 12, expected 15"
+    assert saved_watermark(db) == 15
+    assert committed_rows(db) == list(range(15))
+
+
+def test_non_numeric_file_names_are_skipped(feed: Path, db: Path) -> None:
+    count = 30
+    make_feed(feed, count)
+    odd = ["notes.txt", "abc.chk", "007.chk", "5.chk.bak"]
+    for name in odd:
+        (feed / name).write_bytes(b"not a checkpoint")
+    program = Program(feed, db, "--no-follow", "--concurrency", "4")
+    assert program.finish() == 0, program.describe()
+    assert program.watermarks() == {PIPELINE: count}
+    assert program.processed() == list(range(count))
+    assert saved_watermark(db) == count
+    assert committed_rows(db) == list(range(count))
+    warned = sorted(
+        str(record["file"])
+        for record in program.log_events("ignoring file with a non-numeric name")
+    )
+    assert warned == sorted(odd)
+    assert os.path.exists(feed / "notes.txt")  # skipped, not touched
