@@ -20,8 +20,14 @@ test: install
 		export INDEXER_TEST_POSTGRES_DSN=$(POSTGRES_DSN); fi; \
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+DEMO_COUNT ?= 20000
+
+# Generates a local feed once, indexes it into the embedded SQLite store, shows the status.
 demo: install
-	$(PY) examples/demo.py
+	@test -f demo/feed/$$(($(DEMO_COUNT) - 1)).chk || \
+		$(VENV)/bin/indexer generate --out demo/feed --count $(DEMO_COUNT) --seed 1
+	$(VENV)/bin/indexer run -c config.example.toml --last-checkpoint $$(($(DEMO_COUNT) - 1))
+	$(VENV)/bin/indexer status -c config.example.toml
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -13,6 +13,7 @@ import structlog
 from ._gc import tuned_gc
 from .checkpoint import CheckpointDecoder
 from .errors import ConfigurationError, ShutdownAborted
+from .metrics import FeedStats
 from .pipeline import WorkerPool
 from .progress import MemoryProgressStore, ProgressStore
 from .sources import CheckpointSource
@@ -39,6 +40,7 @@ class IndexerExecutor:
         handle_signals: bool = True,
         tune_gc: bool = True,
         prune_interval: float = 1.0,
+        feed_poll_interval: float = 5.0,
     ) -> None:
         self.progress_store = (
             progress_store if progress_store is not None else MemoryProgressStore()
@@ -46,6 +48,8 @@ class IndexerExecutor:
         self.handle_signals = handle_signals
         self.tune_gc = tune_gc
         self.prune_interval = prune_interval
+        self.feed_poll_interval = feed_poll_interval
+        self.feed_stats = FeedStats()
         self._pools: dict[str, WorkerPool[Any, Any]] = {}
         self._stop: asyncio.Event | None = None  # created inside run (needs a running loop)
         self._signals = 0
@@ -164,6 +168,7 @@ class IndexerExecutor:
         reader = asyncio.create_task(self._read(source, decoder, pools, start, last), name="reader")
         stopper = asyncio.create_task(self._stop.wait(), name="stop")
         pruner = asyncio.create_task(self._prune(source, pools), name="prune")
+        poller = asyncio.create_task(self._poll_feed(source), name="feed")
         try:
             await asyncio.wait([reader, stopper], return_when=asyncio.FIRST_COMPLETED)
             if not reader.done():
@@ -187,7 +192,7 @@ class IndexerExecutor:
             await finishing
             stopping.cancel()
         finally:
-            for task in (reader, stopper, pruner):
+            for task in (reader, stopper, pruner, poller):
                 task.cancel()
         watermarks = self._saved(self.pools)
         await source.prune(min(watermarks[pool.name] for pool in pools))
@@ -208,8 +213,13 @@ class IndexerExecutor:
         last: int | None,
     ) -> None:
         stream = source.stream(start, decoder)
+        feed = self.feed_stats
         async with contextlib.aclosing(stream):  # type: ignore[type-var]
             async for batch in stream:
+                if not batch:
+                    continue
+                feed.bytes_read += sum(size for _, size in batch)
+                feed.last_read = batch[-1][0].sequence_number
                 for checkpoint, size in batch:
                     for pool in pools:
                         await pool.submit(checkpoint, size)
@@ -228,6 +238,20 @@ class IndexerExecutor:
             if lowest > pruned:
                 await source.prune(lowest)
                 pruned = lowest
+
+    async def _poll_feed(self, source: CheckpointSource) -> None:
+        """Track the feed's newest checkpoint (for lag) and log when the reader catches up."""
+        feed = self.feed_stats
+        caught_up = False
+        while True:
+            latest = await source.latest_sequence_number()
+            if latest is not None:
+                feed.latest = max(latest, feed.latest or 0)
+            behind = feed.latest is not None and (feed.last_read or -1) < feed.latest
+            if not behind and feed.last_read is not None and not caught_up:
+                log.info("caught up with the feed", latest=feed.latest, last_read=feed.last_read)
+            caught_up = not behind and feed.last_read is not None
+            await asyncio.sleep(self.feed_poll_interval)
 
     def _on_halt(self, pool: WorkerPool[Any, Any]) -> None:
         self.request_stop()

@@ -19,12 +19,16 @@ from typing import Any
 import structlog
 
 from ..errors import PipelineHalted
+from ..metrics import PipelineStats
 from ..progress import ProgressStore, TransactionalProgressStore
 from ..reducer import Reducer
 from ..retry import RetryPolicy, sleep_unless_set
 from ..watermark import WatermarkTracker
 
 log = structlog.get_logger("indexer")
+
+
+_SAVE_RETRY = RetryPolicy(initial=0.1, max_delay=5.0)
 
 
 class _Abandoned(Exception):
@@ -44,14 +48,14 @@ class Committer:
         saved: int,
         progress_interval: float,
         stopping: asyncio.Event,
+        stats: PipelineStats,
     ) -> None:
         self.pipeline = pipeline
         self.tracker = tracker
         self.store = store
         self.reducer = reducer
         self.saved = saved  # the watermark the store holds
-        self.batches = 0
-        self.failed_commits = 0
+        self.stats = stats
         self.progress_interval = progress_interval
         self._stopping = stopping
         self._transactional = reducer is not None and reducer.uses_store_transaction(store)
@@ -185,11 +189,16 @@ class Committer:
                 async with store.transaction(self.pipeline, upto) as connection:
                     await reducer.commit_in_transaction(connection, batch)
 
-            await self._retrying(commit, reducer.commit_retry, what)
+            seconds = await self._retrying(commit, reducer.commit_retry, what)
             self.saved = max(self.saved, upto)
         else:
-            await self._retrying(lambda: reducer.commit(batch), reducer.commit_retry, what)
-        self.batches += 1
+            seconds = await self._retrying(
+                lambda: reducer.commit(batch), reducer.commit_retry, what
+            )
+        stats = self.stats
+        stats.batches_committed += 1
+        stats.commit_seconds.observe(seconds)
+        stats.batch_messages.observe(len(batch))
         batch.clear()
         self._batch_bytes = 0
         if not self._transactional:
@@ -202,21 +211,23 @@ class Committer:
         async def save() -> None:
             self.saved = await store.save(self.pipeline, watermark)
 
-        await self._retrying(save, RetryPolicy(initial=0.1, max_delay=5.0), "watermark save")
+        await self._retrying(save, _SAVE_RETRY, "watermark save")
         self.tracker.release(watermark)
 
     async def _retrying(
         self, operation: Callable[[], Awaitable[None]], policy: RetryPolicy, what: str
-    ) -> None:
+    ) -> float:
+        """Run ``operation`` until it succeeds; returns the seconds the successful try took."""
         attempts = 0
         while True:
             started = time.perf_counter()
             try:
                 await operation()
-                return
+                return time.perf_counter() - started
             except Exception as exc:
                 attempts += 1
-                self.failed_commits += 1
+                if policy is not _SAVE_RETRY:
+                    self.stats.batches_failed += 1
                 if policy.exhausted(attempts):
                     raise PipelineHalted(
                         self.pipeline, f"{what} failed after {attempts} attempts: {exc!r}"

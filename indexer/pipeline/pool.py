@@ -9,6 +9,7 @@ from typing import Any, Generic, TypeVar
 import structlog
 
 from ..errors import ConfigurationError, PipelineHalted
+from ..metrics import PipelineStats
 from ..progress import ProgressStore, TransactionalProgressStore
 from ..reducer import Reducer
 from ..retry import RetryPolicy
@@ -87,7 +88,7 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
         self.checkpoint_type: type[Any] = worker.checkpoint_type
         self.error: PipelineHalted | None = None
         self.start_watermark = 0
-        self.processed = 0
+        self.stats = PipelineStats()
         self.committer: Committer | None = None
         self._running = False
 
@@ -115,7 +116,6 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
             )
         self.start_watermark = start
         self.error = None
-        self.processed = 0
         self._on_halt = on_halt
         self._stopping = asyncio.Event()
         self._settled = asyncio.Event()
@@ -133,6 +133,7 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
             saved=start,
             progress_interval=self.progress_interval,
             stopping=self._stopping,
+            stats=self.stats,
         )
         self.tracker.on_blocked = committer.window_full
         self._push = committer.push
@@ -147,6 +148,7 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
             on_complete=self._complete if self.reducer is not None else self._complete_no_reducer,
             on_halt=self._halt,
             dead_letter=lambda seq, error: store.add_dead_letter(self.name, seq, error),
+            stats=self.stats,
         )
         self._committer_task = asyncio.create_task(committer.run(), name=f"{self.name}:commit")
         self._committer_task.add_done_callback(self._committer_done)
@@ -177,14 +179,14 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
         self.processor.dispatch(sequence_number, checkpoint)
 
     def _complete_no_reducer(self, sequence_number: int, message: Any) -> None:
-        self.processed += 1
+        self.stats.processed += 1
         if self.tracker.complete(sequence_number):
             self._notify()
             if not self.tracker.incomplete:
                 self._settled.set()
 
     def _complete(self, sequence_number: int, message: Any) -> None:
-        self.processed += 1
+        self.stats.processed += 1
         released = self.tracker.complete(sequence_number, message)
         if released:
             self._push(released)
@@ -240,6 +242,11 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
         self._running = False
         if self.reducer is not None:
             await self.reducer.close()
+
+    @property
+    def inflight(self) -> int:
+        """Checkpoints admitted but not yet committed."""
+        return self.tracker.pending if self._running else 0
 
     @property
     def watermark(self) -> int:

@@ -9,6 +9,7 @@ per the RetryPolicy with cancellable sleeps.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ import structlog
 from asyncio_pool import AioPool
 
 from ..errors import PipelineHalted
+from ..metrics import PipelineStats
 from ..retry import RetryPolicy, sleep_unless_set
 from ..worker import Retry, Worker
 
@@ -41,14 +43,14 @@ class Processor:
         on_complete: Callable[[int, Any], None],
         on_halt: Callable[[PipelineHalted], None],
         dead_letter: Callable[[int, str], Awaitable[None]],
+        stats: PipelineStats,
     ) -> None:
         self.pipeline = pipeline
         self.worker = worker
         self.concurrency = concurrency
         self.retry = retry
         self.reschedule_threshold = reschedule_threshold
-        self.retries = 0
-        self.dead_letters = 0
+        self.stats = stats
         self._stopping = stopping
         self._on_complete = on_complete
         self._on_halt = on_halt
@@ -95,13 +97,17 @@ class Processor:
         get = self._queue.get
         process = self.worker.process_checkpoint
         complete = self._on_complete
+        observe = self.stats.processing_seconds.observe
+        clock = time.perf_counter
         try:
             while True:
                 sequence_number, checkpoint = await get()
                 if checkpoint is None:
                     return
                 try:
+                    started = clock()
                     message = await process(checkpoint)
+                    observe(clock() - started)
                 except Exception as exc:
                     message = await self._recover(sequence_number, checkpoint, exc)
                     if message is _NO_COMPLETION:
@@ -127,7 +133,7 @@ class Processor:
                 attempts += 1
                 if self.retry.exhausted(attempts):
                     return await self._exhausted(sequence_number, attempts, exc)
-                self.retries += 1
+                self.stats.retries += 1
                 delay = self.retry.delay(attempts)
                 log.warning(
                     "checkpoint failed, retrying",
@@ -148,7 +154,7 @@ class Processor:
         error = f"checkpoint {sequence_number} failed after {attempts} attempts: {exc!r}"
         if self.retry.on_exhausted == "skip":
             await self._dead_letter(sequence_number, repr(exc))
-            self.dead_letters += 1
+            self.stats.dead_letters += 1
             log.error("checkpoint dead-lettered", pipeline=self.pipeline, error=error)
             return None
         self._on_halt(PipelineHalted(self.pipeline, error, sequence_number))

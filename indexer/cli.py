@@ -1,0 +1,376 @@
+"""The ``indexer`` command.
+
+Every option can also come from the config file and from an ``INDEXER_*`` environment variable;
+flags win over the environment, which wins over the file, which wins over the defaults.
+Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import msgspec
+
+from . import __version__
+from .app import build_executor, build_source, build_store
+from .config import Config, load_config, mask_dsn, parse_address
+from .errors import ConfigurationError, IndexerError, ShutdownAborted
+from .logs import configure_logging
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"indexer: error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(func: F) -> F:
+    """One line on stderr and the exit code the brief promises, instead of a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ConfigurationError as exc:
+            _fail(str(exc), 2)
+        except ShutdownAborted as exc:
+            _fail(str(exc), 1)
+        except IndexerError as exc:
+            _fail(str(exc), 1)
+        except OSError as exc:
+            _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc), 1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def config_option(func: F) -> F:
+    return click.option(
+        "-c",
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        envvar="INDEXER_CONFIG",
+        help="TOML config file [env INDEXER_CONFIG].",
+    )(func)
+
+
+def feed_option(func: F) -> F:
+    return click.option(
+        "--feed", envvar="INDEXER_FEED", help="Feed directory (source.feed) [env INDEXER_FEED]."
+    )(func)
+
+
+def store_option(func: F) -> F:
+    return click.option(
+        "--store",
+        envvar="INDEXER_STORE",
+        help="Progress store: sqlite:PATH, file:PATH or memory (progress.store) "
+        "[env INDEXER_STORE].",
+    )(func)
+
+
+def _load(config_path: Path | None, **overrides: Any) -> Config:
+    return load_config(config_path, overrides)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="indexer")
+def main() -> None:
+    """Index ordered streams of numbered checkpoints."""
+
+
+# -- run --------------------------------------------------------------------------------------
+
+
+@main.command()
+@config_option
+@click.option(
+    "--pipeline",
+    "pipelines",
+    multiple=True,
+    envvar="INDEXER_PIPELINE",
+    help="Run only this pipeline (repeatable) [env INDEXER_PIPELINE, space-separated].",
+)
+@click.option(
+    "--first-checkpoint",
+    type=int,
+    envvar="INDEXER_FIRST_CHECKPOINT",
+    help="Where pipelines without a saved watermark start [env INDEXER_FIRST_CHECKPOINT].",
+)
+@click.option(
+    "--last-checkpoint",
+    type=int,
+    envvar="INDEXER_LAST_CHECKPOINT",
+    help="Stop after this checkpoint (inclusive) [env INDEXER_LAST_CHECKPOINT].",
+)
+@feed_option
+@store_option
+@click.option(
+    "--metrics-address",
+    envvar="INDEXER_METRICS_ADDRESS",
+    help="HOST:PORT for /metrics (default 127.0.0.1:9184) [env INDEXER_METRICS_ADDRESS].",
+)
+@click.option(
+    "--metrics/--no-metrics",
+    "metrics",
+    default=None,
+    envvar="INDEXER_METRICS",
+    help="Serve Prometheus metrics [env INDEXER_METRICS].",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    envvar="INDEXER_LOG_LEVEL",
+    help="[env INDEXER_LOG_LEVEL]",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "console", "json"]),
+    envvar="INDEXER_LOG_FORMAT",
+    help="auto: console on a terminal, JSON lines otherwise [env INDEXER_LOG_FORMAT].",
+)
+@click.option(
+    "--progress/--no-progress",
+    "progress",
+    default=None,
+    envvar="INDEXER_PROGRESS",
+    help="Live progress bars on a terminal [env INDEXER_PROGRESS].",
+)
+@handle_errors
+def run(
+    config_path: Path | None,
+    pipelines: tuple[str, ...],
+    first_checkpoint: int | None,
+    last_checkpoint: int | None,
+    feed: str | None,
+    store: str | None,
+    metrics_address: str | None,
+    metrics: bool | None,
+    log_level: str | None,
+    log_format: str | None,
+    progress: bool | None,
+) -> None:
+    """Run the configured pipelines over the feed until stopped (Ctrl+C stops gracefully)."""
+    config = _load(
+        config_path,
+        **{
+            "run.pipelines": list(pipelines) or None,
+            "run.first_checkpoint": first_checkpoint,
+            "run.last_checkpoint": last_checkpoint,
+            "source.feed": feed,
+            "progress.store": store,
+            "metrics.address": metrics_address,
+            "metrics.enabled": metrics,
+            "logging.level": log_level,
+            "logging.format": log_format,
+            "logging.progress": progress,
+        },
+    )
+    configure_logging(config.logging.level, config.logging.format)
+    from .runner import run_indexer
+
+    summary = run_indexer(config)
+    click.echo(summary)
+
+
+# -- status and reset -------------------------------------------------------------------------
+
+
+async def _status(config: Config) -> dict[str, Any]:
+    store = build_store(config)
+    source = build_source(config)
+    async with store:
+        saved = await store.watermarks()
+        names = list(dict.fromkeys([*config.pipelines, *saved]))
+        latest = await source.latest_sequence_number()
+        rows = []
+        for name in names:
+            watermark = saved.get(name)
+            dead = await store.dead_letters(name)
+            lag = None
+            if latest is not None:
+                lag = max(0, latest + 1 - (watermark or 0))
+            rows.append(
+                {
+                    "pipeline": name,
+                    "watermark": watermark,
+                    "feed_latest": latest,
+                    "lag": lag,
+                    "dead_letters": [d.sequence_number for d in dead],
+                }
+            )
+    await source.close()
+    return {"store": mask_dsn(config.progress.store), "pipelines": rows}
+
+
+@main.command()
+@config_option
+@feed_option
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@handle_errors
+def status(config_path: Path | None, feed: str | None, store: str | None, as_json: bool) -> None:
+    """Per pipeline: watermark, newest checkpoint in the feed, lag, dead letters."""
+    config = _load(config_path, **{"source.feed": feed, "progress.store": store})
+    report = asyncio.run(_status(config))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"progress store {report['store']}")
+    for column in ("pipeline", "watermark", "feed latest", "lag", "dead letters"):
+        table.add_column(column, justify="left" if column == "pipeline" else "right")
+    for row in report["pipelines"]:
+        dead = row["dead_letters"]
+        table.add_row(
+            row["pipeline"],
+            "-" if row["watermark"] is None else str(row["watermark"]),
+            "-" if row["feed_latest"] is None else str(row["feed_latest"]),
+            "-" if row["lag"] is None else str(row["lag"]),
+            str(len(dead)) + (f" ({', '.join(map(str, dead[:5]))}…)" if dead else ""),
+        )
+    Console().print(table)
+
+
+@main.command()
+@config_option
+@store_option
+@click.option("--pipeline", required=True, help="The pipeline whose watermark to set.")
+@click.option(
+    "--to",
+    "to",
+    type=click.IntRange(min=0),
+    required=True,
+    help="The new watermark (next checkpoint to process).",
+)
+@click.option("--force", is_flag=True, help="Really do it.")
+@handle_errors
+def reset(config_path: Path | None, store: str | None, pipeline: str, to: int, force: bool) -> None:
+    """Set a pipeline's watermark, lower included: the only way to re-index."""
+    config = _load(config_path, **{"progress.store": store})
+
+    async def go() -> int | None:
+        async with build_store(config) as progress:
+            current = await progress.load(pipeline)
+            if force:
+                await progress.reset(pipeline, to)
+            return current
+
+    current = asyncio.run(go())
+    what = f"pipeline {pipeline!r} from {current if current is not None else 'nothing'} to {to}"
+    if not force:
+        _fail(f"would reset {what} in {mask_dsn(config.progress.store)}; add --force to do it", 2)
+    click.echo(f"reset {what}")
+
+
+# -- generate ---------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory to write {n}.chk files into.",
+)
+@click.option("--count", type=click.IntRange(min=1), required=True)
+@click.option("--start", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@handle_errors
+def generate(out: Path, count: int, start: int, seed: int) -> None:
+    """Write a synthetic feed of COUNT checkpoints (deterministic for a seed)."""
+    from rich.progress import Progress
+
+    from .sources import SyntheticSource, write_feed
+
+    started = time.perf_counter()
+    with Progress(disable=not sys.stderr.isatty(), transient=True) as bar:
+        task = bar.add_task("generating", total=count)
+        written = asyncio.run(
+            write_feed(
+                SyntheticSource(seed=seed),
+                out,
+                start=start,
+                count=count,
+                on_progress=lambda done: bar.update(task, completed=done),
+            )
+        )
+    elapsed = time.perf_counter() - started
+    click.echo(
+        f"wrote {written} checkpoints ({start}..{start + written - 1}) to {out} in {elapsed:.1f}s"
+    )
+
+
+# -- config -----------------------------------------------------------------------------------
+
+
+@main.group(name="config")
+def config_group() -> None:
+    """Show or check the effective configuration."""
+
+
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
+
+
+@config_group.command("show")
+@config_option
+@feed_option
+@store_option
+@handle_errors
+def config_show(config_path: Path | None, feed: str | None, store: str | None) -> None:
+    """Print the effective config as TOML (passwords in DSNs masked)."""
+    config = _load(config_path, **{"source.feed": feed, "progress.store": store})
+    data = _without_none(msgspec.to_builtins(config))
+    data.pop("path", None)
+    data["progress"]["store"] = mask_dsn(data["progress"]["store"])
+    click.echo(msgspec.toml.encode(data).decode(), nl=False)
+
+
+@config_group.command("check")
+@config_option
+@feed_option
+@store_option
+@handle_errors
+def config_check(config_path: Path | None, feed: str | None, store: str | None) -> None:
+    """Validate the config, import every worker and reducer, and build the pipelines."""
+    config = _load(config_path, **{"source.feed": feed, "progress.store": store})
+    executor = build_executor(config, handle_signals=False)
+    parse_address(config.metrics.address, "metrics.address")
+    names = ", ".join(pool.name for pool in executor.pools)
+    click.echo(f"{config.path or 'configuration'}: OK ({len(executor.pools)} pipelines: {names})")
+
+
+# -- init -------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", help="Python package name (default: from the directory name).")
+@handle_errors
+def init(directory: Path, name: str | None) -> None:
+    """Scaffold a new indexer project (a Worker, a config and a passing test) in DIRECTORY."""
+    from .scaffold import scaffold_project
+
+    files = scaffold_project(directory, name)
+    click.echo(f"created {len(files)} files in {directory}:")
+    for path in files:
+        click.echo(f"  {path}")
+    click.echo(
+        f"next: cd {directory} && pip install -e '.[dev]' && pytest && indexer run -c config.toml"
+    )

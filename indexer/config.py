@@ -1,0 +1,280 @@
+"""The TOML configuration: typed msgspec structs, loading, validation and precedence.
+
+Precedence is flags > ``INDEXER_*`` environment variables > the config file > defaults; the CLI
+resolves flags and environment variables (click) and hands them to ``load_config`` as
+overrides keyed by dotted paths (``"source.feed"``). Every error names the file and the key.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from .errors import ConfigurationError
+
+__all__ = [
+    "Config",
+    "LoggingConfig",
+    "MetricsConfig",
+    "PipelineConfig",
+    "ProgressConfig",
+    "ReducerConfig",
+    "RetryConfig",
+    "RunConfig",
+    "SourceConfig",
+    "import_object",
+    "load_config",
+    "mask_dsn",
+]
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class SourceConfig(_Section):
+    """Where checkpoints come from."""
+
+    kind: Literal["local", "synthetic"] = "local"
+    feed: str = "feed"
+    poll_interval: float = 0.1
+    follow: bool = True
+    batch_size: int = 256
+    delete_below_watermark: bool = False
+    seed: int = 0
+    count: int | None = None
+
+
+class ProgressConfig(_Section):
+    """Where watermarks are kept: ``sqlite:PATH``, ``file:PATH`` or ``memory``."""
+
+    store: str = "sqlite:indexer.db"
+
+
+class RunConfig(_Section):
+    first_checkpoint: int | None = None
+    last_checkpoint: int | None = None
+    pipelines: list[str] = msgspec.field(default_factory=list)
+
+
+class MetricsConfig(_Section):
+    enabled: bool = True
+    address: str = "127.0.0.1:9184"
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "console", "json"] = "auto"
+    progress: bool = True
+
+
+class RetryConfig(_Section):
+    initial: float = 0.1
+    multiplier: float = 2.0
+    max_delay: float = 30.0
+    max_attempts: int | None = None
+    jitter: float = 0.2
+    on_exhausted: Literal["halt", "skip"] = "halt"
+
+
+class ReducerConfig(_Section):
+    """A Reducer named by import string, its batch limits and constructor options."""
+
+    cls: str = msgspec.field(name="class")
+    max_batch_size: int | None = 1000
+    max_batch_bytes: int | None = None
+    max_batch_age: float | None = 1.0
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class PipelineConfig(_Section):
+    """A Worker named by import string, with its pool settings."""
+
+    worker: str
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+    concurrency: int = 1
+    max_inflight: int | None = None
+    max_inflight_bytes: int | None = None
+    reschedule_threshold: float = 1.0
+    progress_interval: float = 0.5
+    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
+    reducer: ReducerConfig | None = None
+
+
+class Config(_Section):
+    source: SourceConfig = msgspec.field(default_factory=SourceConfig)
+    progress: ProgressConfig = msgspec.field(default_factory=ProgressConfig)
+    run: RunConfig = msgspec.field(default_factory=RunConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    pipelines: dict[str, PipelineConfig] = msgspec.field(default_factory=dict)
+    #: The file this came from (not a TOML key); relative paths in it are relative to the cwd.
+    path: str | None = None
+
+
+_MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+
+
+def _key_path(path: str) -> str:
+    """msgspec's ``$.pipelines.x[0]`` as ``pipelines.x[0]``."""
+    return path.lstrip(".")
+
+
+def _explain(exc: msgspec.ValidationError, origin: str, prefix: str = "") -> ConfigurationError:
+    message = str(exc)
+    match = _MSGSPEC_PATH.search(message)
+    where = prefix
+    if match:
+        inner = _key_path(match.group("path"))
+        where = f"{prefix}.{inner}" if prefix and inner else (inner or prefix)
+        message = message[: match.start()]
+    unknown = re.match(r"Object contains unknown field `(?P<key>[^`]+)`", message)
+    if unknown:
+        key = f"{where}.{unknown['key']}" if where else unknown["key"]
+        return ConfigurationError(f"{origin}: unknown key {key!r}")
+    missing = re.match(r"Object missing required field `(?P<key>[^`]+)`", message)
+    if missing:
+        key = f"{where}.{missing['key']}" if where else missing["key"]
+        return ConfigurationError(f"{origin}: missing required key {key!r}")
+    if where:
+        return ConfigurationError(f"{origin}: {where}: {message[0].lower()}{message[1:]}")
+    return ConfigurationError(f"{origin}: {message}")
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigurationError(f"cannot set {dotted!r}: {part!r} is not a table")
+    node[leaf] = value
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None
+) -> Config:
+    """Read ``path`` (TOML; None means defaults only), apply ``overrides`` (dotted keys whose
+    values are not None) and validate everything."""
+    data: dict[str, Any] = {}
+    origin = "configuration"
+    if path is not None:
+        origin = str(path)
+        try:
+            with open(path, "rb") as file:
+                data = tomllib.load(file)
+        except FileNotFoundError:
+            raise ConfigurationError(f"{origin}: config file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigurationError(f"{origin}: not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigurationError(f"{origin}: cannot read: {exc.strerror}") from None
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_path(data, dotted, value)
+    if "path" in data:
+        raise ConfigurationError(f"{origin}: unknown key 'path'")
+    pipelines = data.pop("pipelines", {})
+    if not isinstance(pipelines, dict):
+        raise ConfigurationError(f"{origin}: pipelines must be a table of [pipelines.NAME]")
+    try:
+        config = msgspec.convert(data, Config, strict=True)
+    except msgspec.ValidationError as exc:
+        raise _explain(exc, origin) from None
+    for name, table in pipelines.items():
+        try:
+            config.pipelines[name] = msgspec.convert(table, PipelineConfig, strict=True)
+        except msgspec.ValidationError as exc:
+            raise _explain(exc, origin, f"pipelines.{name}") from None
+    config.path = str(path) if path is not None else None
+    _check(config, origin)
+    return config
+
+
+def _check(config: Config, origin: str) -> None:
+    """Rules the types alone do not express."""
+
+    def positive(value: float | None, key: str, *, allow_zero: bool = False) -> None:
+        if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+            limit = ">= 0" if allow_zero else "> 0"
+            raise ConfigurationError(f"{origin}: {key} must be {limit}, got {value}")
+
+    positive(config.source.poll_interval, "source.poll_interval")
+    positive(config.source.batch_size, "source.batch_size")
+    positive(config.run.first_checkpoint, "run.first_checkpoint", allow_zero=True)
+    positive(config.run.last_checkpoint, "run.last_checkpoint", allow_zero=True)
+    first, last = config.run.first_checkpoint, config.run.last_checkpoint
+    if first is not None and last is not None and last < first:
+        raise ConfigurationError(
+            f"{origin}: run.last_checkpoint ({last}) is below run.first_checkpoint ({first})"
+        )
+    store = config.progress.store
+    if not (store == "memory" or store.startswith(("sqlite:", "file:", "postgresql://"))):
+        raise ConfigurationError(
+            f"{origin}: progress.store must be 'sqlite:PATH', 'file:PATH', 'memory' or a "
+            f"postgresql:// DSN, got {store!r}"
+        )
+    parse_address(config.metrics.address, f"{origin}: metrics.address")
+    for name, pipeline in config.pipelines.items():
+        key = f"pipelines.{name}"
+        if pipeline.concurrency < 1:
+            raise ConfigurationError(
+                f"{origin}: {key}.concurrency must be at least 1, got {pipeline.concurrency}"
+            )
+        positive(pipeline.max_inflight, f"{key}.max_inflight")
+        positive(pipeline.max_inflight_bytes, f"{key}.max_inflight_bytes")
+        if pipeline.reducer is not None:
+            positive(pipeline.reducer.max_batch_size, f"{key}.reducer.max_batch_size")
+            positive(pipeline.reducer.max_batch_bytes, f"{key}.reducer.max_batch_bytes")
+            positive(pipeline.reducer.max_batch_age, f"{key}.reducer.max_batch_age")
+    unknown = [p for p in config.run.pipelines if p not in config.pipelines]
+    if unknown:
+        known = ", ".join(config.pipelines) or "none"
+        raise ConfigurationError(f"{origin}: unknown pipeline {unknown[0]!r} (configured: {known})")
+
+
+def parse_address(address: str, where: str) -> tuple[str, int]:
+    """``host:port`` as a tuple; errors name ``where``."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigurationError(f"{where} must be HOST:PORT, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def import_object(spec: str, where: str) -> Any:
+    """Import ``package.module:Name``; errors name ``where`` (file and key)."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ConfigurationError(f"{where}: expected 'package.module:Class', got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"{where}: cannot import {module_name!r}: {exc}") from None
+    target: Any = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ConfigurationError(
+                f"{where}: {module_name!r} has no attribute {attribute!r}"
+            ) from None
+    return target
+
+
+def mask_dsn(value: str) -> str:
+    """Hide the password of a ``scheme://user:password@host`` DSN."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", value)
+
+
+def config_origin(config: Config) -> str:
+    return config.path or "configuration"
+
+
+def resolve_path(value: str) -> Path:
+    return Path(value).expanduser()

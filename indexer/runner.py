@@ -1,0 +1,67 @@
+"""``indexer run``: an executor, its metrics server and progress bars, from a Config."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Any
+
+import structlog
+
+from .app import build_executor, build_source
+from .config import Config, parse_address
+from .errors import IndexerError
+from .executor import IndexerExecutor
+from .metrics import serve_metrics
+
+log = structlog.get_logger("indexer")
+
+__all__ = ["run_indexer"]
+
+
+def run_indexer(config: Config) -> str:
+    """Run the configured pipelines until done or stopped; returns a one-line summary."""
+    executor = build_executor(config)
+    source = build_source(config)
+    server = None
+    if config.metrics.enabled:
+        host, port = parse_address(config.metrics.address, "metrics.address")
+        try:
+            server = serve_metrics(executor, host, port)
+        except OSError as exc:
+            raise IndexerError(
+                f"cannot serve metrics on {config.metrics.address}: {exc.strerror or exc}"
+            ) from None
+        log.info("serving metrics", address=f"http://{config.metrics.address}/metrics")
+    started = time.perf_counter()
+    try:
+        watermarks = asyncio.run(_run(executor, source, config))
+    finally:
+        if server is not None:
+            server.shutdown()
+    elapsed = time.perf_counter() - started
+    processed = sum(pool.stats.processed for pool in executor.pools)
+    rate = processed / elapsed if elapsed > 0 else 0.0
+    marks = ", ".join(f"{name}={mark}" for name, mark in watermarks.items())
+    return (
+        f"processed {processed} checkpoints in {elapsed:.1f}s ({rate:,.0f}/s); watermarks: {marks}"
+    )
+
+
+async def _run(executor: IndexerExecutor, source: Any, config: Config) -> dict[str, int]:
+    display_task = None
+    if config.logging.progress and sys.stderr.isatty():
+        from rich.console import Console
+
+        from ._display import ProgressDisplay
+
+        display = ProgressDisplay(executor, config.run.last_checkpoint, Console(stderr=True))
+        display_task = asyncio.create_task(display.run())
+    try:
+        return await executor.run(source, config.run.first_checkpoint, config.run.last_checkpoint)
+    finally:
+        if display_task is not None:
+            display_task.cancel()
+            await asyncio.gather(display_task, return_exceptions=True)
+        await source.close()
