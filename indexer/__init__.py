@@ -8,6 +8,7 @@ from .checkpoint import Checkpoint, Event, Transaction
 from .errors import (
     CheckpointDecodeError,
     ConfigurationError,
+    FeedReadError,
     IndexerError,
     PipelineHalted,
     ProgressStoreError,
@@ -26,6 +27,7 @@ __all__ = [
     "CheckpointDecodeError",
     "ConfigurationError",
     "Event",
+    "FeedReadError",
     "IndexerError",
     "IndexerExecutor",
     "PipelineHalted",

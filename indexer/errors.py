@@ -15,6 +15,10 @@ class CheckpointDecodeError(IndexerError):
     """A checkpoint's bytes are corrupt, truncated, or hold another sequence number."""
 
 
+class FeedReadError(IndexerError):
+    """A feed file or object exists but cannot be read (permissions, a directory, I/O error)."""
+
+
 class ProgressStoreError(IndexerError):
     """The progress store cannot be read or written (for example a corrupt progress file)."""
 

@@ -41,6 +41,7 @@ class IndexerExecutor:
         tune_gc: bool = True,
         prune_interval: float = 1.0,
         feed_poll_interval: float = 5.0,
+        timing: bool = True,
     ) -> None:
         self.progress_store = (
             progress_store if progress_store is not None else MemoryProgressStore()
@@ -49,6 +50,8 @@ class IndexerExecutor:
         self.tune_gc = tune_gc
         self.prune_interval = prune_interval
         self.feed_poll_interval = feed_poll_interval
+        #: Time each process_checkpoint call for indexer_checkpoint_processing_seconds.
+        self.timing = timing
         self.feed_stats = FeedStats()
         self._pools: dict[str, WorkerPool[Any, Any]] = {}
         self._stop: asyncio.Event | None = None  # created inside run (needs a running loop)
@@ -143,7 +146,7 @@ class IndexerExecutor:
         started: list[WorkerPool[Any, Any]] = []
         try:
             for pool in active:
-                await pool._start(store, starts[pool.name], self._on_halt)
+                await pool._start(store, starts[pool.name], self._on_halt, self.timing)
                 started.append(pool)
             reader_start = min(starts[pool.name] for pool in active)
             return await self._drive(source, decoder, active, reader_start, last, starts)
@@ -222,7 +225,8 @@ class IndexerExecutor:
                 feed.last_read = batch[-1][0].sequence_number
                 for checkpoint, size in batch:
                     for pool in pools:
-                        await pool.submit(checkpoint, size)
+                        if not pool.offer(checkpoint, size):
+                            await pool.submit(checkpoint, size)
                     if checkpoint.sequence_number == last:
                         log.info("reached last_checkpoint", last=last)
                         return

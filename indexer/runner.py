@@ -23,6 +23,7 @@ __all__ = ["run_indexer"]
 def run_indexer(config: Config) -> str:
     """Run the configured pipelines until done or stopped; returns a one-line summary."""
     executor = build_executor(config)
+    executor.timing = config.metrics.enabled
     source = build_source(config)
     server = None
     if config.metrics.enabled:

@@ -15,11 +15,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from indexer.sources import SyntheticSource, write_feed
+from indexer.sources import SyntheticSource, write_checkpoint_file, write_feed
 
 PROGRAM = Path(__file__).parent / "programs" / "feed_indexer.py"
 PIPELINE = "feed_rows"
@@ -27,6 +29,17 @@ EXIT_TIMEOUT = 10.0  # generous: a loaded 2-core machine; the asserted behaviour
 START_TIMEOUT = 10.0
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+
+_started: list[Program] = []
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftover_programs() -> Iterator[None]:
+    """A failing test must not leave a program running (some would run forever)."""
+    yield
+    while _started:
+        _started.pop().kill()
 
 
 class Program:
@@ -40,46 +53,64 @@ class Program:
             stderr=subprocess.PIPE,
             text=True,
         )
+        _started.append(self)
         self.stdout: list[str] = []
         self.stderr: list[str] = []
-        self._lines: queue.Queue[str | None] = queue.Queue()
+        # Both streams' lines as they come, tagged; None once a stream has ended.
+        self._lines: queue.Queue[tuple[str, str] | None] = queue.Queue()
         self._readers = [
-            threading.Thread(target=self._read, args=(self.proc.stdout, self.stdout, True)),
-            threading.Thread(target=self._read, args=(self.proc.stderr, self.stderr, False)),
+            threading.Thread(target=self._read, args=(self.proc.stdout, "stdout", self.stdout)),
+            threading.Thread(target=self._read, args=(self.proc.stderr, "stderr", self.stderr)),
         ]
         for reader in self._readers:
             reader.daemon = True
             reader.start()
 
-    def _read(self, stream: object, into: list[str], announce: bool) -> None:
-        for line in stream:  # type: ignore[attr-defined]
-            line = line.rstrip("\n")
+    def _read(self, stream: Any, name: str, into: list[str]) -> None:
+        for raw in stream:
+            line = raw.rstrip("\n")
             into.append(line)
-            if announce:
-                self._lines.put(line)
-        if announce:
-            self._lines.put(None)
+            self._lines.put((name, line))
+        self._lines.put(None)
 
-    def wait_for_line(self, expected: str, timeout: float = START_TIMEOUT) -> None:
-        """Wait until stdout prints ``expected``; fail if the program ends or time runs out."""
+    def _wait_for(self, what: str, matches: Callable[[str, str], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        ended = 0
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.kill()
-                pytest.fail(f"no {expected!r} line within {timeout}s; stderr: {self.stderr}")
+                pytest.fail(f"no {what} within {timeout}s\n{self.describe()}")
             try:
-                line = self._lines.get(timeout=remaining)
+                item = self._lines.get(timeout=remaining)
             except queue.Empty:
                 continue
-            if line is None:
-                self.finish()
-                pytest.fail(
-                    f"program ended (rc={self.proc.returncode}) before printing {expected!r}; "
-                    f"stdout: {self.stdout}; stderr: {self.stderr}"
-                )
-            if line == expected:
+            if item is None:
+                ended += 1
+                if ended == 2:
+                    self.finish()
+                    pytest.fail(f"program ended before {what}\n{self.describe()}")
+                continue
+            if matches(*item):
                 return
+
+    def wait_for_line(self, expected: str, timeout: float = START_TIMEOUT) -> None:
+        """Wait until stdout prints ``expected``; fail if the program ends or time runs out."""
+        self._wait_for(
+            f"stdout line {expected!r}",
+            lambda stream, line: stream == "stdout" and line == expected,
+            timeout,
+        )
+
+    def wait_for_event(self, event: str, timeout: float = START_TIMEOUT) -> None:
+        """Wait until the framework logs ``event`` (a JSON line on stderr)."""
+
+        def matches(stream: str, line: str) -> bool:
+            return (
+                stream == "stderr" and line.startswith("{") and json.loads(line)["event"] == event
+            )
+
+        self._wait_for(f"log event {event!r}", matches, timeout)
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
@@ -131,6 +162,21 @@ def make_feed(directory: Path, count: int, seed: int = 7) -> Path:
     written = asyncio.run(write_feed(SyntheticSource(seed=seed), directory, count=count))
     assert written == count
     return directory
+
+
+def write_range(directory: Path, start: int, stop: int, seed: int = 7) -> None:
+    """Write checkpoints ``start..stop-1`` one file at a time (each atomically)."""
+    source = SyntheticSource(seed=seed)
+    for n in range(start, stop):
+        write_checkpoint_file(directory, source.checkpoint_at(n))
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting until {what}")
+        time.sleep(0.02)
 
 
 def saved_watermark(db: Path) -> int | None:
@@ -193,7 +239,9 @@ def test_signal_stops_a_following_run_gracefully(feed: Path, db: Path, signum: i
     assert committed_rows(db) == list(range(watermark))
     # In-flight work was finished and committed, none was lost or processed twice.
     assert program.processed() == list(range(watermark))
-    assert len(program.log_events("stopping: finishing in-flight work (signal again to abort)")) == 1
+    assert (
+        len(program.log_events("stopping: finishing in-flight work (signal again to abort)")) == 1
+    )
 
 
 def test_restart_after_sigterm_resumes_from_the_saved_watermark(feed: Path, db: Path) -> None:
@@ -222,9 +270,7 @@ def test_restart_after_sigterm_resumes_from_the_saved_watermark(feed: Path, db: 
     assert committed_rows(db) == list(range(count))
 
 
-def test_second_signal_aborts_at_once_without_corrupting_the_database(
-    feed: Path, db: Path
-) -> None:
+def test_second_signal_aborts_at_once_without_corrupting_the_database(feed: Path, db: Path) -> None:
     make_feed(feed, 100)
     block_from = 20
     program = Program(
@@ -239,10 +285,7 @@ def test_second_signal_aborts_at_once_without_corrupting_the_database(
     )
     program.wait_for_line("started")
     # Checkpoints 0..19 complete and are committed (two full batches); 20 and 21 never finish.
-    deadline = time.monotonic() + START_TIMEOUT
-    while saved_watermark(db) != block_from:
-        assert time.monotonic() < deadline, f"watermark stuck at {saved_watermark(db)}"
-        time.sleep(0.02)
+    wait_until(lambda: saved_watermark(db) == block_from, f"the watermark is {block_from}")
     program.signal(signal.SIGINT)
     time.sleep(0.1)
     assert program.proc.poll() is None, "the first signal must wait for the blocked work"
@@ -257,12 +300,50 @@ def test_second_signal_aborts_at_once_without_corrupting_the_database(
     conn = sqlite3.connect(db)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        assert conn.execute("SELECT pipeline, next_checkpoint FROM indexer_watermarks").fetchall() == [
-            (PIPELINE, block_from)
-        ]
+        assert conn.execute(
+            "SELECT pipeline, next_checkpoint FROM indexer_watermarks"
+        ).fetchall() == [(PIPELINE, block_from)]
     finally:
         conn.close()
     assert committed_rows(db) == list(range(block_from))
+
+
+def test_signal_while_draining_a_finite_feed_stops_early(feed: Path, db: Path) -> None:
+    count = 200  # read at once (the window holds 1024); processing takes 2 s, 2 at a time
+    make_feed(feed, count)
+    program = Program(feed, db, "--no-follow", "--delay", "0.02", "--concurrency", "2")
+    program.wait_for_event("source exhausted")
+    time.sleep(0.1)
+    program.signal(signal.SIGTERM)
+    assert program.finish() == 0, program.describe()
+    watermark = saved_watermark(db)
+    assert watermark is not None
+    assert 0 < watermark < count
+    assert program.watermarks() == {PIPELINE: watermark}
+    assert committed_rows(db) == list(range(watermark))
+    assert program.processed() == list(range(watermark))
+
+
+def test_following_run_tails_new_files_waits_at_a_gap_and_ends_at_last_checkpoint(
+    feed: Path, db: Path
+) -> None:
+    make_feed(feed, 20)
+    program = Program(feed, db, "--follow", "--last-checkpoint", "39", "--concurrency", "4")
+    program.wait_for_line("started")
+    write_range(feed, 21, 45)  # 20 is missing; 40.. lie past the last checkpoint
+    program.wait_for_event("gap in feed")
+    wait_until(lambda: saved_watermark(db) == 20, "checkpoints 0..19 are committed")
+    time.sleep(0.2)
+    assert program.proc.poll() is None, program.describe()
+    assert saved_watermark(db) == 20  # nothing past the gap is committed
+    write_range(feed, 20, 21)
+    assert program.finish() == 0, program.describe()
+    assert program.watermarks() == {PIPELINE: 40}
+    assert saved_watermark(db) == 40
+    assert committed_rows(db) == list(range(40))
+    assert program.processed() == list(range(40))
+    [gap] = program.log_events("gap in feed")
+    assert (gap["missing"], gap["next_present"]) == (20, 21)
 
 
 # -- crashes --------------------------------------------------------------------------------
@@ -303,9 +384,8 @@ def test_corrupt_file_stops_the_run_after_committing_everything_before_it(
     make_feed(feed, 60)
     bad = feed / "37.chk"
     bad.write_bytes(bad.read_bytes()[:10])
-    program = Program(
-        feed, db, "--no-follow", "--last-checkpoint", "59", "--concurrency", "4"
-    )
+    args = ("--no-follow", "--last-checkpoint", "59", "--concurrency", "4")
+    program = Program(feed, db, *args)
     assert program.finish() == 1, program.describe()
     last_line = program.stderr[-1]
     assert last_line.startswith("error: "), program.describe()
@@ -315,14 +395,42 @@ def test_corrupt_file_stops_the_run_after_committing_everything_before_it(
     assert saved_watermark(db) == 37
     assert committed_rows(db) == list(range(37))
 
+    # Run again unchanged: the same error, nothing more committed.
+    again = Program(feed, db, *args)
+    assert again.finish() == 1, again.describe()
+    assert again.resume() == 37
+    assert again.stderr[-1] == last_line
+    assert committed_rows(db) == list(range(37))
+
+    # Repair the file: the next run resumes at 37 and finishes.
+    write_range(feed, 37, 38)
+    fixed = Program(feed, db, *args)
+    assert fixed.finish() == 0, fixed.describe()
+    assert fixed.resume() == 37
+    assert fixed.processed() == list(range(37, 60))
+    assert fixed.watermarks() == {PIPELINE: 60}
+    assert committed_rows(db) == list(range(60))
+
+
+def test_unreadable_feed_file_is_a_one_line_error_naming_it(feed: Path, db: Path) -> None:
+    make_feed(feed, 60)
+    (feed / "37.chk").unlink()
+    (feed / "37.chk").mkdir()  # opens, but cannot be read
+    program = Program(feed, db, "--no-follow", "--last-checkpoint", "59", "--concurrency", "4")
+    rc = program.finish()
+    # Everything before the unreadable file is committed.
+    assert saved_watermark(db) == 37, program.describe()
+    assert committed_rows(db) == list(range(37))
+    assert rc == 1, program.describe()
+    assert program.stderr[-1].startswith("error: "), program.describe()
+    assert f"{feed}/37.chk: cannot read checkpoint 37" in program.stderr[-1]
+
 
 def test_file_holding_another_checkpoint_stops_the_run(feed: Path, db: Path) -> None:
     make_feed(feed, 40)
     (feed / "15.chk").unlink()
     shutil.copyfile(feed / "12.chk", feed / "15.chk")
-    program = Program(
-        feed, db, "--no-follow", "--last-checkpoint", "39", "--concurrency", "4"
-    )
+    program = Program(feed, db, "--no-follow", "--last-checkpoint", "39", "--concurrency", "4")
     assert program.finish() == 1, program.describe()
     assert program.stderr[-1] == f"error: {feed}/15.chk: holds checkpoint 12, expected 15"
     assert saved_watermark(db) == 15

@@ -86,6 +86,7 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
         self.reschedule_threshold = reschedule_threshold
         self.progress_interval = progress_interval
         self.checkpoint_type: type[Any] = worker.checkpoint_type
+        self._hooked = type(worker).preprocess_hook is not Worker.preprocess_hook
         self.error: PipelineHalted | None = None
         self.start_watermark = 0
         self.stats = PipelineStats()
@@ -102,7 +103,11 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
         self.committer = None
 
     async def _start(
-        self, store: ProgressStore, start: int, on_halt: Callable[[WorkerPool[Any, Any]], None]
+        self,
+        store: ProgressStore,
+        start: int,
+        on_halt: Callable[[WorkerPool[Any, Any]], None],
+        timed: bool = True,
     ) -> None:
         if (
             self.reducer is not None
@@ -149,33 +154,46 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
             on_halt=self._halt,
             dead_letter=lambda seq, error: store.add_dead_letter(self.name, seq, error),
             stats=self.stats,
+            timed=timed,
         )
         self._committer_task = asyncio.create_task(committer.run(), name=f"{self.name}:commit")
         self._committer_task.add_done_callback(self._committer_done)
         await self.processor.start()
         self._running = True
 
+    def offer(self, checkpoint: Any, size: int) -> bool:
+        """Take a checkpoint if the window has room (the reader's fast path, no await).
+
+        Returns False, having done nothing, when the caller must ``await submit`` instead."""
+        if not self.tracker._has_room(size):
+            return False
+        sequence_number = checkpoint.sequence_number
+        if sequence_number >= self.start_watermark and self.error is None:
+            self.tracker.admit_nowait(sequence_number, size)
+            self._dispatch(sequence_number, checkpoint)
+        return True
+
     async def submit(self, checkpoint: Any, size: int) -> None:
         """Admit one checkpoint (waiting for room), run the preprocess hook, dispatch it."""
         sequence_number = checkpoint.sequence_number
         if sequence_number < self.start_watermark or self.error is not None:
             return
-        tracker = self.tracker
-        if tracker._has_room(size):
-            tracker.admit_nowait(sequence_number, size)
-        else:
-            await tracker.admit(sequence_number, size)
-        try:
-            self.worker.preprocess_hook(checkpoint)
-        except Exception as exc:
-            self._halt(
-                PipelineHalted(
-                    self.name,
-                    f"preprocess_hook failed at checkpoint {sequence_number}: {exc!r}",
-                    sequence_number,
+        await self.tracker.admit(sequence_number, size)
+        self._dispatch(sequence_number, checkpoint)
+
+    def _dispatch(self, sequence_number: int, checkpoint: Any) -> None:
+        if self._hooked:
+            try:
+                self.worker.preprocess_hook(checkpoint)
+            except Exception as exc:
+                self._halt(
+                    PipelineHalted(
+                        self.name,
+                        f"preprocess_hook failed at checkpoint {sequence_number}: {exc!r}",
+                        sequence_number,
+                    )
                 )
-            )
-            return
+                return
         self.processor.dispatch(sequence_number, checkpoint)
 
     def _complete_no_reducer(self, sequence_number: int, message: Any) -> None:

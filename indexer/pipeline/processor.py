@@ -44,6 +44,7 @@ class Processor:
         on_halt: Callable[[PipelineHalted], None],
         dead_letter: Callable[[int, str], Awaitable[None]],
         stats: PipelineStats,
+        timed: bool = True,
     ) -> None:
         self.pipeline = pipeline
         self.worker = worker
@@ -51,6 +52,7 @@ class Processor:
         self.retry = retry
         self.reschedule_threshold = reschedule_threshold
         self.stats = stats
+        self.timed = timed
         self._stopping = stopping
         self._on_complete = on_complete
         self._on_halt = on_halt
@@ -99,15 +101,19 @@ class Processor:
         complete = self._on_complete
         observe = self.stats.processing_seconds.observe
         clock = time.perf_counter
+        timed = self.timed
         try:
             while True:
                 sequence_number, checkpoint = await get()
                 if checkpoint is None:
                     return
                 try:
-                    started = clock()
-                    message = await process(checkpoint)
-                    observe(clock() - started)
+                    if timed:
+                        started = clock()
+                        message = await process(checkpoint)
+                        observe(clock() - started)
+                    else:
+                        message = await process(checkpoint)
                 except Exception as exc:
                     message = await self._recover(sequence_number, checkpoint, exc)
                     if message is _NO_COMPLETION:

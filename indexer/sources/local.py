@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import structlog
 
 from ..checkpoint import CheckpointDecoder
-from ..errors import CheckpointDecodeError, ConfigurationError
+from ..errors import CheckpointDecodeError, ConfigurationError, FeedReadError
 from ._base import CheckpointSource, SourcedBatch
 
 logger = structlog.get_logger("indexer.sources")
@@ -87,10 +87,12 @@ class LocalDirectorySource(CheckpointSource):
                 fd = os.open(f"{prefix}{n}.chk", os.O_RDONLY)
             except FileNotFoundError:
                 break
-            except OSError:
+            except OSError as exc:
                 if contents:
                     break  # return what was read; the next read raises at this file
-                raise
+                raise FeedReadError(
+                    f"{prefix}{n}.chk: cannot read checkpoint {n}: {exc.strerror}"
+                ) from None
             try:
                 data = os.read(fd, _READ_SIZE)
                 if len(data) == _READ_SIZE:  # a large checkpoint: read the rest
@@ -98,10 +100,12 @@ class LocalDirectorySource(CheckpointSource):
                     while chunk := os.read(fd, _READ_SIZE):
                         chunks.append(chunk)
                     data = b"".join(chunks)
-            except OSError:
+            except OSError as exc:
                 if contents:
                     break
-                raise
+                raise FeedReadError(
+                    f"{prefix}{n}.chk: cannot read checkpoint {n}: {exc.strerror}"
+                ) from None
             finally:
                 os.close(fd)
             contents.append(data)
