@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -96,22 +97,28 @@ class Processor:
             await self._aiopool.cancel()
 
     async def _run(self) -> None:
-        get = self._queue.get
+        get, get_nowait, empty = self._queue.get, self._queue.get_nowait, asyncio.QueueEmpty
         process = self.worker.process_checkpoint
         complete = self._on_complete
-        observe = self.stats.processing_seconds.observe
+        histogram = self.stats.processing_seconds
+        counts, bounds = histogram.counts, histogram.bounds
         clock = time.perf_counter
         timed = self.timed
         try:
             while True:
-                sequence_number, checkpoint = await get()
+                try:
+                    sequence_number, checkpoint = get_nowait()
+                except empty:
+                    sequence_number, checkpoint = await get()
                 if checkpoint is None:
                     return
                 try:
-                    if timed:
+                    if timed:  # Histogram.observe, inlined: this runs once per checkpoint
                         started = clock()
                         message = await process(checkpoint)
-                        observe(clock() - started)
+                        elapsed = clock() - started
+                        counts[bisect_left(bounds, elapsed)] += 1
+                        histogram.sum += elapsed
                     else:
                         message = await process(checkpoint)
                 except Exception as exc:
