@@ -15,7 +15,7 @@ from .retry import RetryPolicy
 from .sources import CheckpointSource, LocalDirectorySource, SyntheticSource
 from .worker import Worker
 
-__all__ = ["build_executor", "build_pool", "build_source", "build_store"]
+__all__ = ["build_executor", "build_pool", "build_source", "build_store", "store_exists"]
 
 
 def build_store(config: Config) -> ProgressStore:
@@ -30,6 +30,14 @@ def build_store(config: Config) -> ProgressStore:
     raise ConfigurationError(
         f"{config_origin(config)}: progress.store {spec!r} is not supported by this version"
     )
+
+
+def store_exists(config: Config) -> bool:
+    """Whether the configured store holds anything yet (without creating it)."""
+    spec = config.progress.store
+    if spec.startswith(("sqlite:", "file:")):
+        return resolve_path(spec.partition(":")[2]).exists()
+    return spec != "memory"
 
 
 def build_source(config: Config) -> CheckpointSource:

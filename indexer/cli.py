@@ -8,6 +8,7 @@ Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import sys
@@ -20,7 +21,7 @@ import click
 import msgspec
 
 from . import __version__
-from .app import build_executor, build_source, build_store
+from .app import build_executor, build_source, build_store, store_exists
 from .config import Config, load_config, mask_dsn, parse_address
 from .errors import ConfigurationError, IndexerError, ShutdownAborted
 from .logs import configure_logging
@@ -82,7 +83,25 @@ def _load(config_path: Path | None, **overrides: Any) -> Config:
     return load_config(config_path, overrides)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Usage errors as one line too (click prints a four-line block by default)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().main(*args, **kwargs)
+        except click.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            _fail(f"{exc.format_message()}{hint}", exc.exit_code)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), exc.exit_code)
+        except click.exceptions.Abort:
+            _fail("aborted", 1)
+        # standalone_mode=False returns an exit code instead of exiting (--help, --version).
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="indexer")
 def main() -> None:
     """Index ordered streams of numbered checkpoints."""
@@ -188,14 +207,17 @@ def run(
 async def _status(config: Config) -> dict[str, Any]:
     store = build_store(config)
     source = build_source(config)
-    async with store:
-        saved = await store.watermarks()
+    exists = store_exists(config)
+    async with contextlib.AsyncExitStack() as stack:
+        if exists:  # a read-only look must not create a store (a typo would look fresh)
+            await stack.enter_async_context(store)
+        saved = await store.watermarks() if exists else {}
         names = list(dict.fromkeys([*config.pipelines, *saved]))
         latest = await source.latest_sequence_number()
         rows = []
         for name in names:
             watermark = saved.get(name)
-            dead = await store.dead_letters(name)
+            dead = await store.dead_letters(name) if exists else []
             lag = None
             if latest is not None:
                 lag = max(0, latest + 1 - (watermark or 0))
@@ -209,7 +231,7 @@ async def _status(config: Config) -> dict[str, Any]:
                 }
             )
     await source.close()
-    return {"store": mask_dsn(config.progress.store), "pipelines": rows}
+    return {"store": mask_dsn(config.progress.store), "store_exists": exists, "pipelines": rows}
 
 
 @main.command()
@@ -228,7 +250,8 @@ def status(config_path: Path | None, feed: str | None, store: str | None, as_jso
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"progress store {report['store']}")
+    missing = "" if report["store_exists"] else " (does not exist yet)"
+    table = Table(title=f"progress store {report['store']}{missing}")
     for column in ("pipeline", "watermark", "feed latest", "lag", "dead letters"):
         table.add_column(column, justify="left" if column == "pipeline" else "right")
     for row in report["pipelines"]:
@@ -261,6 +284,8 @@ def reset(config_path: Path | None, store: str | None, pipeline: str, to: int, f
     config = _load(config_path, **{"progress.store": store})
 
     async def go() -> int | None:
+        if not force and not store_exists(config):
+            return None
         async with build_store(config) as progress:
             current = await progress.load(pipeline)
             if force:

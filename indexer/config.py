@@ -268,8 +268,15 @@ def import_object(spec: str, where: str) -> Any:
 
 
 def mask_dsn(value: str) -> str:
-    """Hide the password of a ``scheme://user:password@host`` DSN."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", value)
+    """Hide the password of a ``scheme://user:password@host/db?password=...`` DSN."""
+    scheme, sep, rest = value.partition("://")
+    if sep:
+        at = rest.rfind("@")
+        if at >= 0 and ":" in rest[:at]:
+            user = rest[:at].split(":", 1)[0]
+            rest = f"{user}:***{rest[at:]}"
+        value = f"{scheme}{sep}{rest}"
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", value)
 
 
 def config_origin(config: Config) -> str:
