@@ -38,10 +38,10 @@ def run_indexer(config: Config) -> str:
     started = time.perf_counter()
     try:
         watermarks = asyncio.run(_run(executor, source, config))
+        elapsed = time.perf_counter() - started
     finally:
         if server is not None:
             server.shutdown()
-    elapsed = time.perf_counter() - started
     processed = sum(pool.stats.processed for pool in executor.pools)
     rate = processed / elapsed if elapsed > 0 else 0.0
     marks = ", ".join(f"{name}={mark}" for name, mark in watermarks.items())
