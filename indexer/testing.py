@@ -83,7 +83,8 @@ async def run_worker(
     """Run ``worker`` over ``checkpoints`` (sorted, gap-free) through the real pipeline.
 
     Without a ``reducer`` the messages are recorded by a ``RecordingReducer`` with the default
-    limits. Errors propagate as they would from ``IndexerExecutor.run``.
+    limits. Errors propagate as they would from ``IndexerExecutor.run``. A ``store`` that was
+    not open is closed again before returning (its methods reopen it on use).
     """
     checkpoints = list(checkpoints)
     recorder = reducer if reducer is not None else RecordingReducer(max_batch_age=0.01)
@@ -97,10 +98,15 @@ async def run_worker(
         **pool_options,
     )
     executor.register(pool)
+    opened_here = not store.is_open
     await store.open()
-    watermarks = await executor.run(MemorySource(checkpoints), last_checkpoint=last_checkpoint)
+    try:
+        watermarks = await executor.run(MemorySource(checkpoints), last_checkpoint=last_checkpoint)
+        dead = [d.sequence_number for d in await store.dead_letters(pool.name)]
+    finally:
+        if opened_here:  # a store the caller opened stays open; one opened here is closed
+            await store.close()
     batches: Sequence[list[MessageT]] = getattr(recorder, "batches", [])
-    dead = [d.sequence_number for d in await store.dead_letters(pool.name)]
     return WorkerRun(
         watermark=watermarks[pool.name],
         messages=[m for batch in batches for m in batch],

@@ -380,7 +380,9 @@ async def test_missing_directory(tmp_path: Path) -> None:
 
     async def create_later() -> None:
         await asyncio.sleep(0.05)
-        await make_feed(absent, 2)
+        staging = tmp_path / "staging"
+        await make_feed(staging, 2)
+        staging.rename(absent)  # the directory appears with both files at once
 
     creator = asyncio.create_task(create_later())
     async with aclosing(tailing.stream(0, CheckpointDecoder())) as batches:
