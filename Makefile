@@ -32,7 +32,7 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy indexer
+	$(VENV)/bin/mypy indexer reducers workers
 
 format: install
 	$(VENV)/bin/ruff check --fix .

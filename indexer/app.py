@@ -5,7 +5,14 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from .config import Config, PipelineConfig, config_origin, import_object, resolve_path
+from .config import (
+    POSTGRES_SCHEMES,
+    Config,
+    PipelineConfig,
+    config_origin,
+    import_object,
+    resolve_path,
+)
 from .errors import ConfigurationError
 from .executor import IndexerExecutor
 from .pipeline import WorkerPool
@@ -27,6 +34,10 @@ def build_store(config: Config) -> ProgressStore:
         return SqliteProgressStore(resolve_path(spec.removeprefix("sqlite:")))
     if spec.startswith("file:"):
         return FileProgressStore(resolve_path(spec.removeprefix("file:")))
+    if spec.startswith(POSTGRES_SCHEMES):
+        from .progress import PostgresProgressStore
+
+        return PostgresProgressStore(spec)
     raise ConfigurationError(
         f"{config_origin(config)}: progress.store {spec!r} is not supported by this version"
     )

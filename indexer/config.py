@@ -33,6 +33,9 @@ __all__ = [
     "mask_dsn",
 ]
 
+#: DSN prefixes that name a PostgreSQL database.
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass
@@ -215,7 +218,7 @@ def _check(config: Config, origin: str) -> None:
             f"{origin}: run.last_checkpoint ({last}) is below run.first_checkpoint ({first})"
         )
     store = config.progress.store
-    if not (store == "memory" or store.startswith(("sqlite:", "file:", "postgresql://"))):
+    if not (store == "memory" or store.startswith(("sqlite:", "file:", *POSTGRES_SCHEMES))):
         raise ConfigurationError(
             f"{origin}: progress.store must be 'sqlite:PATH', 'file:PATH', 'memory' or a "
             f"postgresql:// DSN, got {store!r}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiosqlite
 
@@ -47,7 +47,6 @@ class SqliteSink(Reducer[Sequence[Row]]):
         self.path = Path(path) if path is not None else None
         self.key = tuple(key)
         self._conn: aiosqlite.Connection | None = None
-        self._created: set[int] = set()
         names = ", ".join(self.columns)
         marks = ", ".join("?" for _ in self.columns)
         self._insert = f"INSERT INTO {table} ({names}) VALUES ({marks})"
@@ -72,21 +71,24 @@ class SqliteSink(Reducer[Sequence[Row]]):
         return statements
 
     def _rows(self, batch: Iterable[Sequence[Row]]) -> list[Sequence[Any]]:
+        """Flatten messages into positional rows (the type is checked once per message)."""
         names = list(self.columns)
         rows: list[Sequence[Any]] = []
         for message in batch:
-            for row in message:
-                if isinstance(row, Mapping):
-                    rows.append([row[name] for name in names])
-                else:
-                    rows.append(row)
+            if not message:
+                continue
+            if isinstance(message[0], Mapping):
+                mappings = cast(Sequence[Mapping[str, Any]], message)
+                rows.extend([row[name] for name in names] for row in mappings)
+            else:
+                rows.extend(cast(Sequence[Sequence[Any]], message))
         return rows
 
     async def _write(self, connection: aiosqlite.Connection, batch: list[Sequence[Row]]) -> None:
-        if id(connection) not in self._created:
-            for statement in self._ddl():
-                await connection.execute(statement)
-            self._created.add(id(connection))
+        # The DDL runs in every batch's transaction: remembering that the table exists would be
+        # wrong after a rolled-back first batch, and IF NOT EXISTS costs one lookup per batch.
+        for statement in self._ddl():
+            await connection.execute(statement)
         await connection.executemany(self._insert, self._rows(batch))
 
     async def commit_in_transaction(self, connection: Any, batch: list[Sequence[Row]]) -> None:

@@ -3,12 +3,14 @@
 from ._base import DeadLetter, ProgressStore, TransactionalProgressStore
 from .file import FileProgressStore
 from .memory import MemoryProgressStore
+from .postgres import PostgresProgressStore
 from .sqlite import SqliteProgressStore
 
 __all__ = [
     "DeadLetter",
     "FileProgressStore",
     "MemoryProgressStore",
+    "PostgresProgressStore",
     "ProgressStore",
     "SqliteProgressStore",
     "TransactionalProgressStore",

@@ -1,0 +1,56 @@
+"""Shared fixtures: a PostgreSQL DSN (or a skip), a fresh schema per test, a thread-leak guard."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves a non-daemon thread running (an unclosed aiosqlite connection,
+    an executor never shut down): the interpreter would wait for it at exit and hang the run."""
+    before = set(threading.enumerate())
+    yield
+    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon]
+    for thread in leaked:
+        thread.join(timeout=1.0)  # one finishing its last step is not a leak
+    leaked = [t.name for t in leaked if t.is_alive()]
+    assert not leaked, f"test left non-daemon threads running: {leaked}"
+
+
+@pytest.fixture
+def postgres_dsn() -> str:
+    """The test server's DSN from ``INDEXER_TEST_POSTGRES_DSN``; skips (fails in CI) if unset."""
+    dsn = os.environ.get("INDEXER_TEST_POSTGRES_DSN")
+    if not dsn:
+        if os.environ.get("INDEXER_REQUIRE_POSTGRES") == "1":
+            pytest.fail("INDEXER_TEST_POSTGRES_DSN is required in CI")
+        pytest.skip(
+            "PostgreSQL tests need INDEXER_TEST_POSTGRES_DSN "
+            "(make test sets it when a server answers at 127.0.0.1:5432)"
+        )
+    return dsn
+
+
+@pytest.fixture
+async def pg_schema(postgres_dsn: str) -> AsyncIterator[str]:
+    """A fresh, empty schema, dropped with everything in it after the test."""
+    import asyncpg
+
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{name}"')
+    finally:
+        await conn.close()
+    yield name
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    finally:
+        await conn.close()
