@@ -399,3 +399,17 @@ def init(directory: Path, name: str | None) -> None:
     click.echo(
         f"next: cd {directory} && pip install -e '.[dev]' && pytest && indexer run -c config.toml"
     )
+
+
+# -- bench ------------------------------------------------------------------------------------
+
+
+def _register_bench() -> None:
+    from .bench._command import bench_command
+
+    assert bench_command.callback is not None
+    bench_command.callback = handle_errors(bench_command.callback)
+    main.add_command(bench_command)
+
+
+_register_bench()

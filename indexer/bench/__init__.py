@@ -1,0 +1,87 @@
+"""``indexer bench``: each scenario measured beside its reference in the same run.
+
+Ratios, not absolute figures, are what carry from one machine to another: both sides of a
+scenario run interleaved in one process (or one after the other for memory), so a noisy moment
+on a shared machine hits both.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ._common import Result, cpu_count
+
+__all__ = ["SCENARIOS", "Result", "machine", "run_scenarios"]
+
+
+def _dispatch(quick: bool, options: dict[str, Any]) -> list[Result]:
+    from . import dispatch
+
+    return dispatch.run(quick)
+
+
+def _feed(quick: bool, options: dict[str, Any]) -> list[Result]:
+    from . import feed
+
+    return feed.run(quick)
+
+
+def _iobound(quick: bool, options: dict[str, Any]) -> list[Result]:
+    from . import iobound
+
+    return iobound.run(quick)
+
+
+def _reducer(quick: bool, options: dict[str, Any]) -> list[Result]:
+    from . import reducer
+
+    return reducer.run(quick, options.get("postgres_dsn"))
+
+
+def _memory(quick: bool, options: dict[str, Any]) -> list[Result]:
+    from . import memory
+
+    return memory.run(quick)
+
+
+#: Scenario name -> runner(quick, options) -> results, in the order they run.
+SCENARIOS: dict[str, Callable[[bool, dict[str, Any]], list[Result]]] = {
+    "dispatch": _dispatch,
+    "feed": _feed,
+    "io-bound": _iobound,
+    "reducer": _reducer,
+    "memory": _memory,
+}
+
+
+def run_scenarios(
+    names: Sequence[str],
+    quick: bool,
+    options: dict[str, Any] | None = None,
+    on_result: Callable[[Result], None] | None = None,
+) -> list[Result]:
+    """Run the named scenarios (all when empty) and return their results in order."""
+    options = options or {}
+    results: list[Result] = []
+    for name in names or list(SCENARIOS):
+        started = time.perf_counter()
+        for result in SCENARIOS[name](quick, options):
+            result.details.setdefault("scenario_seconds", round(time.perf_counter() - started, 1))
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+    return results
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "system": f"{platform.system()} {platform.machine()}",
+        "cpus": cpu_count(),
+        "processor": platform.processor() or None,
+    }

@@ -1,0 +1,146 @@
+"""What every scenario shares: results, realistic data made fast, timing helpers."""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ..checkpoint import Checkpoint, CheckpointDecoder, encode_checkpoint
+from ..sources import CheckpointSource, SourcedBatch, SyntheticSource
+from ..worker import Worker
+
+
+@dataclass
+class Result:
+    """One scenario's figure beside its reference, and the bar the ratio must reach."""
+
+    scenario: str
+    figure: float
+    reference: float
+    unit: str
+    bar: float | None  # minimum ratio figure/reference (None: informational)
+    details: dict[str, Any] = field(default_factory=dict)
+    higher_is_better: bool = True
+    limit: float | None = None  # an absolute ceiling on the figure, where one applies
+
+    @property
+    def ratio(self) -> float:
+        if not self.reference:
+            return 0.0
+        return self.figure / self.reference
+
+    @property
+    def passed(self) -> bool | None:
+        if self.bar is None:
+            return None
+        within = self.limit is None or self.figure <= self.limit
+        if self.higher_is_better:
+            return self.ratio >= self.bar and within
+        return self.ratio <= self.bar and within
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "figure": round(self.figure, 2),
+            "reference": round(self.reference, 2),
+            "unit": self.unit,
+            "ratio": round(self.ratio, 3),
+            "bar": self.bar,
+            "higher_is_better": self.higher_is_better,
+            "limit": self.limit,
+            "passed": self.passed,
+            "details": self.details,
+        }
+
+
+class Noop(Worker[Checkpoint, None]):
+    """Does nothing: what is measured is the framework."""
+
+    name = "noop"
+
+    async def process_checkpoint(self, checkpoint: Checkpoint) -> None:
+        return None
+
+
+_TEMPLATES: list[Checkpoint] = []
+
+
+def templates(distinct: int = 2000) -> list[Checkpoint]:
+    """Realistic synthetic checkpoints (~2 KB encoded), generated once per process."""
+    if len(_TEMPLATES) < distinct:
+        source = SyntheticSource(seed=42)
+        _TEMPLATES[:] = [source.checkpoint_at(n) for n in range(distinct)]
+    return _TEMPLATES[:distinct]
+
+
+def checkpoints(count: int, start: int = 0) -> list[Checkpoint]:
+    """``count`` realistic checkpoints: templates renumbered (shallow copies, cheap to make)."""
+    base = templates()
+    replace = msgspec.structs.replace
+    return [replace(base[n % len(base)], sequence_number=n) for n in range(start, start + count)]
+
+
+class RenumberedSource(CheckpointSource):
+    """An endless or finite realistic source that costs almost nothing to produce, so that a
+    benchmark measures the framework and not the generator."""
+
+    def __init__(self, count: int | None = None, batch_size: int = 256) -> None:
+        self.count = count
+        self.batch_size = batch_size
+
+    async def stream(
+        self, start: int, decoder: CheckpointDecoder[Any]
+    ) -> AsyncIterator[SourcedBatch]:
+        base = templates()
+        sizes = [len(encode_checkpoint(cp)) for cp in base]
+        replace = msgspec.structs.replace
+        n = start
+        end = self.count if self.count is not None else None
+        while end is None or n < end:
+            stop = n + self.batch_size if end is None else min(end, n + self.batch_size)
+            yield [
+                (replace(base[i % len(base)], sequence_number=i), sizes[i % len(base)])
+                for i in range(n, stop)
+            ]
+            n = stop
+
+    async def latest_sequence_number(self) -> int | None:
+        return None if self.count is None else self.count - 1
+
+
+def write_bench_feed(directory: Path, count: int) -> None:
+    """Write ``count`` realistic ``.chk`` files quickly (templates renumbered)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    base = templates()
+    replace = msgspec.structs.replace
+    encode = msgspec.msgpack.Encoder().encode
+    for n in range(count):
+        path = directory / f"{n}.chk"
+        if not path.exists():
+            path.write_bytes(encode(replace(base[n % len(base)], sequence_number=n)))
+
+
+def best_of(rounds: int, run: Callable[[], float]) -> float:
+    """The smallest of ``rounds`` timings (the least disturbed by a shared machine)."""
+    times = []
+    for _ in range(rounds):
+        gc.collect()
+        times.append(run())
+    return min(times)
+
+
+async def timed(awaitable: Awaitable[Any]) -> float:
+    started = time.perf_counter()
+    await awaitable
+    return time.perf_counter() - started
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

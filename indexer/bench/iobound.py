@@ -1,0 +1,77 @@
+"""io-bound: a worker that awaits 10 ms, against the ideal concurrency / latency."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from ..checkpoint import Checkpoint
+from ..executor import IndexerExecutor
+from ..pipeline import WorkerPool
+from ..progress import MemoryProgressStore
+from ..sources import MemorySource
+from ..worker import Worker
+from ._common import Result, checkpoints
+
+LATENCY = 0.010
+CONCURRENCY = 256
+
+
+class Sleeper(Worker[Checkpoint, None]):
+    """Waits like a network call would."""
+
+    name = "sleeper"
+
+    async def process_checkpoint(self, checkpoint: Checkpoint) -> None:
+        await asyncio.sleep(LATENCY)
+
+
+async def _throughput(source: MemorySource, concurrency: int) -> float:
+    executor = IndexerExecutor(MemoryProgressStore(), handle_signals=False)
+    executor.register(WorkerPool(Sleeper(), concurrency=concurrency))
+    started = time.perf_counter()
+    await executor.run(source)
+    return len(source) / (time.perf_counter() - started)
+
+
+def sweep(concurrencies: list[int], batches: int) -> dict[int, float]:
+    """Throughput at each concurrency, each run long enough for ``batches`` full rounds."""
+    return {
+        c: asyncio.run(_throughput(MemorySource(checkpoints(c * batches)), c))
+        for c in concurrencies
+    }
+
+
+async def _bare_tasks(concurrency: int, batches: int) -> float:
+    """The same sleeps in plain tasks: what asyncio's timers allow on this machine."""
+
+    async def sleeper() -> None:
+        for _ in range(batches):
+            await asyncio.sleep(LATENCY)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(sleeper() for _ in range(concurrency)))
+    return concurrency * batches / (time.perf_counter() - started)
+
+
+def run(quick: bool) -> list[Result]:
+    batches = 10 if quick else 40
+    ideal = CONCURRENCY / LATENCY
+    measured = sweep([CONCURRENCY], batches)[CONCURRENCY]
+    bare = asyncio.run(_bare_tasks(CONCURRENCY, batches))
+    return [
+        Result(
+            "io-bound",
+            figure=measured,
+            reference=ideal,
+            unit="checkpoints/s",
+            bar=0.85,
+            details={
+                "latency_s": LATENCY,
+                "concurrency": CONCURRENCY,
+                "checkpoints": CONCURRENCY * batches,
+                "bare_asyncio_ratio_to_ideal": round(bare / ideal, 3),
+                "ratio_to_bare_asyncio": round(measured / bare, 3),
+            },
+        )
+    ]
