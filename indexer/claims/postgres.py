@@ -1,0 +1,312 @@
+"""A claim store in PostgreSQL (asyncpg): leases shared by processes on many machines."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import asyncpg
+
+from ..config import mask_dsn
+from ..errors import ProgressStoreError
+from ..progress.postgres import CONNECT_TIMEOUT, quote_ident, reason
+from ._base import (
+    ChunkState,
+    Claim,
+    ClaimStore,
+    Clock,
+    check_chunk,
+    check_holder,
+    check_ttl,
+    chunk_bounds,
+)
+
+__all__ = ["PostgresClaimStore"]
+
+T = TypeVar("T")
+
+_DDL_LOCK = "SELECT pg_advisory_xact_lock(hashtext('indexer ddl'))"
+_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class PostgresClaimStore(ClaimStore):
+    """Leases, progress and completion of chunks in PostgreSQL, through an asyncpg pool.
+
+    ``claim`` is one conditional upsert (it takes a row only when it is free, expired or the
+    caller's own), so concurrent claimers on any number of machines never both win.
+    ``claim_next`` and ``find_available`` pick rows with ``FOR UPDATE SKIP LOCKED`` so that
+    pollers pass over rows another is claiming. Lease times come from the store's ``clock``
+    (sent as parameters; the server's ``now()`` is never used), so all participants' clocks
+    must agree to within a small fraction of the ttl. Database errors become a one-line
+    ProgressStoreError naming the masked DSN and are not retried: the caller decides.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "public",
+        clock: Clock = time.time,
+        min_size: int = 1,
+        max_size: int = 4,
+        application_name: str | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self.clock = clock
+        self.min_size = min_size
+        self.max_size = max_size
+        if application_name is None and "application_name=" not in dsn:
+            application_name = "indexer"
+        self.application_name = application_name
+        self._table = t = f"{quote_ident(schema, 'claim store schema')}.indexer_claims"
+        self._row = f"""SELECT owner, token, expires_at, done FROM {t}
+                        WHERE pipeline = $1 AND chunk = $2 FOR UPDATE"""
+        # $3 owner, $4 now, $5 new expiry. Takes the row only when it is free, expired or the
+        # caller's; the row lock makes a concurrent claimer re-check against the winner's row.
+        self._claim = f"""
+            INSERT INTO {t} AS c (pipeline, chunk, owner, token, expires_at)
+            VALUES ($1, $2, $3, 1, $5)
+            ON CONFLICT (pipeline, chunk) DO UPDATE
+            SET owner = excluded.owner, expires_at = excluded.expires_at,
+                token = CASE WHEN c.owner = excluded.owner AND c.expires_at > $4
+                             THEN c.token ELSE c.token + 1 END
+            WHERE NOT c.done AND (c.owner IS NULL OR c.expires_at <= $4 OR c.owner = $3)
+            RETURNING c.token"""
+        self._available = f"""
+            SELECT chunk FROM {t}
+            WHERE pipeline = $1 AND NOT done AND (owner IS NULL OR expires_at <= $2)
+              AND chunk >= $3 AND chunk < $4
+            ORDER BY chunk LIMIT $5 FOR UPDATE SKIP LOCKED"""
+        self._claim_next = f"""
+            WITH pick AS ({self._available})
+            UPDATE {t} AS c SET owner = $6, token = c.token + 1, expires_at = $7
+            FROM pick WHERE c.pipeline = $1 AND c.chunk = pick.chunk
+            RETURNING c.chunk, c.token"""
+        self._set_progress = f"UPDATE {t} SET progress = $3 WHERE pipeline = $1 AND chunk = $2"
+        self._pool: asyncpg.Pool | None = None
+        self._open_lock = asyncio.Lock()
+        self._owners: set[asyncio.Task[Any]] = set()  # tasks inside fenced()
+
+    def __repr__(self) -> str:
+        return f"PostgresClaimStore({mask_dsn(self.dsn)!r}, schema={self.schema!r})"
+
+    async def open(self) -> None:
+        """Create the pool, the schema and the table; idempotent. Fails fast when the database
+        cannot be reached, with a one-line ProgressStoreError naming the masked DSN."""
+        async with self._open_lock:
+            if self._pool is not None:
+                return
+            settings = {"application_name": self.application_name} if self.application_name else {}
+            pool: asyncpg.Pool | None = None
+            try:
+                pool = await asyncpg.create_pool(
+                    self.dsn,
+                    min_size=self.min_size,
+                    max_size=self.max_size,
+                    timeout=CONNECT_TIMEOUT,
+                    server_settings=settings,
+                )
+                async with pool.acquire() as conn:
+                    await self._create_table(conn)
+            except (*_ERRORS, ValueError) as exc:
+                if pool is not None:
+                    pool.terminate()
+                raise ProgressStoreError(
+                    f"{mask_dsn(self.dsn)}: cannot open claim database: {reason(exc)}"
+                ) from exc
+            self._pool = pool
+
+    async def _create_table(self, conn: asyncpg.Connection) -> None:
+        """Create what is missing (checking first, so a role without CREATE can still use it)."""
+        if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", self._table):
+            return
+        async with conn.transaction():
+            await conn.execute(_DDL_LOCK)
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
+            await conn.execute(f"""CREATE TABLE IF NOT EXISTS {self._table} (
+                pipeline TEXT NOT NULL,
+                chunk BIGINT NOT NULL,
+                owner TEXT,
+                token BIGINT NOT NULL DEFAULT 0,
+                expires_at DOUBLE PRECISION,
+                done BOOLEAN NOT NULL DEFAULT false,
+                progress BIGINT,
+                PRIMARY KEY (pipeline, chunk))""")
+
+    async def close(self) -> None:
+        """Close the pool; idempotent."""
+        async with self._open_lock:
+            if self._pool is not None:
+                pool, self._pool = self._pool, None
+                try:
+                    await asyncio.wait_for(pool.close(), timeout=30)
+                except Exception:  # stuck or broken connections: drop them
+                    pool.terminate()
+
+    async def ensure_chunks(self, pipeline: str, count: int) -> None:
+        """Create the rows of chunks 0..count-1 that are missing; existing rows are untouched."""
+        sql = f"""INSERT INTO {self._table} (pipeline, chunk)
+                  SELECT $1, g FROM generate_series(0::bigint, $2::bigint - 1) AS g
+                  ON CONFLICT DO NOTHING"""
+        if count > 0:
+            await self._run("create chunks", lambda c: c.execute(sql, pipeline, count))
+
+    async def claim(self, pipeline: str, chunk: int, owner: str, ttl: float) -> Claim | None:
+        """Lease ``chunk`` to ``owner`` until now + ttl, or None if it is held or done."""
+        check_chunk(chunk)
+        ttl = check_ttl(ttl)
+        now = self.clock()
+        expires = now + ttl
+        token = await self._run(
+            "claim", lambda c: c.fetchval(self._claim, pipeline, chunk, owner, now, expires)
+        )
+        return None if token is None else Claim(pipeline, chunk, owner, int(token), expires)
+
+    async def claim_next(
+        self, pipeline: str, owner: str, ttl: float, chunks: range | None = None
+    ) -> Claim | None:
+        """Claim the lowest available chunk (within ``chunks``), or None if none is available."""
+        ttl = check_ttl(ttl)
+        low, high = chunk_bounds(chunks)
+        now = self.clock()
+        expires = now + ttl
+        row = await self._run(
+            "claim",
+            lambda c: c.fetchrow(self._claim_next, pipeline, now, low, high, 1, owner, expires),
+        )
+        return None if row is None else Claim(pipeline, int(row[0]), owner, int(row[1]), expires)
+
+    async def extend(self, claim: Claim, ttl: float) -> Claim:
+        """Renew the lease to now + ttl; ClaimLost / ClaimNotFound when it is not ours."""
+        ttl = check_ttl(ttl)
+        sql = f"UPDATE {self._table} SET expires_at = $3 WHERE pipeline = $1 AND chunk = $2"
+
+        async def extend(conn: asyncpg.Connection) -> float:
+            async with conn.transaction():
+                expires = await self._check(conn, claim, live=False) + ttl
+                await conn.execute(sql, claim.pipeline, claim.chunk, expires)
+            return expires
+
+        expires = await self._run("extend a claim", extend)
+        return Claim(claim.pipeline, claim.chunk, claim.owner, claim.token, expires)
+
+    async def release(self, claim: Claim, done: bool = False) -> None:
+        """Give the lease up (``done``: the chunk is complete); errors as ``extend``."""
+        sql = f"""UPDATE {self._table} SET owner = NULL, expires_at = NULL, done = done OR $3
+                  WHERE pipeline = $1 AND chunk = $2"""
+
+        async def release(conn: asyncpg.Connection) -> None:
+            async with conn.transaction():
+                await self._check(conn, claim, live=False)
+                await conn.execute(sql, claim.pipeline, claim.chunk, done)
+
+        await self._run("release a claim", release)
+
+    async def find_available(
+        self, pipeline: str, limit: int, chunks: range | None = None
+    ) -> list[int]:
+        """Up to ``limit`` claimable chunk rows (within ``chunks``), lowest first, skipping rows
+        another transaction has locked."""
+        low, high = chunk_bounds(chunks)
+        args = (pipeline, self.clock(), low, high, max(limit, 0))
+        rows = await self._run("find available chunks", lambda c: c.fetch(self._available, *args))
+        return [int(row[0]) for row in rows]
+
+    async def save_progress(self, claim: Claim, next_checkpoint: int) -> None:
+        """Store the chunk's progress while ``claim`` is a live lease, else ClaimLost."""
+
+        async def save(conn: asyncpg.Connection) -> None:
+            async with conn.transaction():
+                await self._check(conn, claim, live=True)
+                await conn.execute(self._set_progress, claim.pipeline, claim.chunk, next_checkpoint)
+
+        await self._run("save progress", save)
+
+    async def progress(self, pipeline: str, chunk: int) -> int | None:
+        """The chunk's saved next checkpoint, or None."""
+        sql = f"SELECT progress FROM {self._table} WHERE pipeline = $1 AND chunk = $2"
+        value = await self._run("load progress", lambda c: c.fetchval(sql, pipeline, chunk))
+        return None if value is None else int(value)
+
+    @asynccontextmanager
+    async def fenced(
+        self, claim: Claim, next_checkpoint: int | None = None
+    ) -> AsyncIterator[asyncpg.Connection]:
+        """Yield a connection in a transaction that holds the chunk's row ``FOR UPDATE`` (a
+        concurrent claim waits for it) after checking the lease is live; save
+        ``next_checkpoint`` and commit on a clean exit, roll back if the block raises. Errors
+        inside the block propagate unchanged."""
+        self._refuse_reentry()
+        pool = await self._opened()
+        task = asyncio.current_task()
+        async with pool.acquire() as conn, conn.transaction():
+            try:
+                await self._check(conn, claim, live=True)
+            except _ERRORS as exc:
+                raise self._error("begin a fenced transaction", exc) from exc
+            if task is not None:
+                self._owners.add(task)
+            try:
+                yield conn
+            finally:
+                if task is not None:
+                    self._owners.discard(task)
+            if next_checkpoint is not None:
+                await conn.execute(self._set_progress, claim.pipeline, claim.chunk, next_checkpoint)
+
+    async def chunks(self, pipeline: str) -> list[ChunkState]:
+        """Every chunk row of the pipeline in chunk order."""
+        sql = f"""SELECT chunk, owner, token, expires_at, done, progress FROM {self._table}
+                  WHERE pipeline = $1 ORDER BY chunk"""
+        rows = await self._run("list chunks", lambda c: c.fetch(sql, pipeline))
+        return [ChunkState(int(c), o, int(t), e, d, p) for c, o, t, e, d, p in rows]
+
+    async def completed_prefix(self, pipeline: str) -> int:
+        """How many chunks from chunk 0 on are done without a gap."""
+        # Done chunks counted while their number equals their rank: the gap-free prefix from 0.
+        sql = f"""SELECT count(*) FROM (
+                      SELECT chunk, row_number() OVER (ORDER BY chunk) - 1 AS rank
+                      FROM {self._table} WHERE pipeline = $1 AND done) AS d
+                  WHERE chunk = rank"""
+        return int(await self._run("count completed chunks", lambda c: c.fetchval(sql, pipeline)))
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    async def _check(self, conn: asyncpg.Connection, claim: Claim, *, live: bool) -> float:
+        """Lock the chunk's row and raise unless it is still ``claim``'s lease; returns now."""
+        row = await conn.fetchrow(self._row, claim.pipeline, claim.chunk)
+        now = self.clock()  # read once the row is locked: no one can change it meanwhile
+        check_holder(claim, None if row is None else tuple(row), now, live=live)
+        return now
+
+    async def _opened(self) -> asyncpg.Pool:
+        if self._pool is None:
+            await self.open()
+        assert self._pool is not None
+        return self._pool
+
+    def _refuse_reentry(self) -> None:
+        """Fail fast instead of waiting forever on the row lock the caller's own block holds."""
+        if asyncio.current_task() in self._owners:
+            raise ProgressStoreError(
+                f"{mask_dsn(self.dsn)}: claim store called inside its own fenced transaction; "
+                "use the connection it yields"
+            )
+
+    def _error(self, action: str, exc: BaseException) -> ProgressStoreError:
+        return ProgressStoreError(f"{mask_dsn(self.dsn)}: cannot {action}: {reason(exc)}")
+
+    async def _run(self, action: str, operation: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run ``operation`` on a pooled connection; database errors become ProgressStoreError
+        (ClaimLost and ClaimNotFound pass through)."""
+        self._refuse_reentry()
+        pool = await self._opened()
+        try:
+            async with pool.acquire() as conn:
+                return await operation(conn)
+        except _ERRORS as exc:
+            raise self._error(action, exc) from exc

@@ -1,0 +1,292 @@
+"""A claim store in one SQLite file: leases shared safely by many processes on one machine."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from ..errors import ProgressStoreError
+from ..progress.sqlite import _connect, _rollback
+from ._base import (
+    ChunkState,
+    Claim,
+    ClaimStore,
+    Clock,
+    check_chunk,
+    check_holder,
+    check_ttl,
+    chunk_bounds,
+    new_token,
+)
+
+__all__ = ["SqliteClaimStore"]
+
+_SCHEMA = """CREATE TABLE IF NOT EXISTS indexer_claims (
+    pipeline TEXT NOT NULL,
+    chunk INTEGER NOT NULL,
+    owner TEXT,
+    token INTEGER NOT NULL DEFAULT 0,
+    expires_at REAL,
+    done INTEGER NOT NULL DEFAULT 0,
+    progress INTEGER,
+    PRIMARY KEY (pipeline, chunk)
+)"""
+
+_ROW = "SELECT owner, token, expires_at, done FROM indexer_claims WHERE pipeline = ? AND chunk = ?"
+_UPSERT = """
+    INSERT INTO indexer_claims (pipeline, chunk, owner, token, expires_at) VALUES (?, ?, ?, ?, ?)
+    ON CONFLICT (pipeline, chunk) DO UPDATE
+    SET owner = excluded.owner, token = excluded.token, expires_at = excluded.expires_at
+"""
+_AVAILABLE = """
+    SELECT chunk FROM indexer_claims
+    WHERE pipeline = ? AND NOT done AND (owner IS NULL OR expires_at <= ?)
+      AND chunk >= ? AND chunk < ?
+    ORDER BY chunk LIMIT ?
+"""
+_ENSURE = """
+    INSERT OR IGNORE INTO indexer_claims (pipeline, chunk)
+    WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?)
+    SELECT ?, i FROM n
+"""
+_SET_PROGRESS = "UPDATE indexer_claims SET progress = ? WHERE pipeline = ? AND chunk = ?"
+# Done chunks counted while their number equals their rank: the gap-free prefix from 0.
+_PREFIX = """
+    SELECT count(*) FROM (
+        SELECT chunk, row_number() OVER (ORDER BY chunk) - 1 AS rank
+        FROM indexer_claims WHERE pipeline = ? AND done
+    ) WHERE chunk = rank
+"""
+
+
+class SqliteClaimStore(ClaimStore):
+    """Leases, progress and completion of chunks in an SQLite file (WAL, ``busy_timeout``).
+
+    Every write runs in ``BEGIN IMMEDIATE``, which takes the file's write lock before reading
+    the row it decides on, so processes sharing the file never both win a chunk. One
+    connection serves the store; an asyncio lock keeps its users from interleaving.
+    ``busy_timeout`` (seconds) is how long a writer waits for another process's lock.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Clock = time.time,
+        busy_timeout: float = 30.0,
+    ) -> None:
+        self.path = Path(path)
+        self.clock = clock
+        self.busy_timeout = busy_timeout
+        self._conn: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()  # serialises all use of the one connection
+        self._open_lock = asyncio.Lock()
+        self._owner: asyncio.Task[Any] | None = None  # the task holding ``_lock``
+
+    def __repr__(self) -> str:
+        return f"SqliteClaimStore({str(self.path)!r})"
+
+    async def open(self) -> None:
+        """Connect, create the parent directory and the table; idempotent."""
+        async with self._open_lock:
+            if self._conn is not None:
+                return
+            conn: aiosqlite.Connection | None = None
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = await _connect(self.path)
+                await _fetch(conn, f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+                await _fetch(conn, "PRAGMA journal_mode=WAL")
+                await _fetch(conn, "PRAGMA synchronous=FULL")
+                await _fetch(conn, _SCHEMA)
+            except (OSError, sqlite3.Error) as exc:
+                if conn is not None:
+                    await conn.close()
+                raise ProgressStoreError(
+                    f"{self.path}: cannot open claim database: {_reason(exc)}"
+                ) from exc
+            self._conn = conn
+
+    async def close(self) -> None:
+        """Close the connection, after any open transaction has ended; idempotent."""
+        self._refuse_reentry()
+        async with self._lock:
+            if self._conn is not None:
+                conn, self._conn = self._conn, None
+                await conn.close()
+
+    async def ensure_chunks(self, pipeline: str, count: int) -> None:
+        """Create the rows of chunks 0..count-1 that are missing; existing rows are untouched."""
+        if count > 0:
+            async with self._immediate("create chunks") as conn:
+                await self._sql(conn, "create chunks", _ENSURE, (count, pipeline))
+
+    async def claim(self, pipeline: str, chunk: int, owner: str, ttl: float) -> Claim | None:
+        """Lease ``chunk`` to ``owner`` until now + ttl, or None if it is held or done."""
+        check_chunk(chunk)
+        ttl = check_ttl(ttl)
+        async with self._immediate("claim") as conn:
+            now = self.clock()
+            rows = await self._sql(conn, "claim", _ROW, (pipeline, chunk))
+            token = new_token(rows[0] if rows else None, owner, now)
+            if token is None:
+                return None
+            params = (pipeline, chunk, owner, token, now + ttl)
+            await self._sql(conn, "claim", _UPSERT, params)
+        return Claim(pipeline, chunk, owner, token, now + ttl)
+
+    async def claim_next(
+        self, pipeline: str, owner: str, ttl: float, chunks: range | None = None
+    ) -> Claim | None:
+        """Claim the lowest available chunk (within ``chunks``), or None if none is available."""
+        ttl = check_ttl(ttl)
+        low, high = chunk_bounds(chunks)
+        async with self._immediate("claim") as conn:
+            now = self.clock()
+            found = await self._sql(conn, "claim", _AVAILABLE, (pipeline, now, low, high, 1))
+            if not found:
+                return None
+            chunk = found[0][0]
+            row = (await self._sql(conn, "claim", _ROW, (pipeline, chunk)))[0]
+            token = new_token(row, owner, now)
+            assert token is not None  # available, and the write lock is ours
+            await self._sql(conn, "claim", _UPSERT, (pipeline, chunk, owner, token, now + ttl))
+        return Claim(pipeline, chunk, owner, token, now + ttl)
+
+    async def extend(self, claim: Claim, ttl: float) -> Claim:
+        """Renew the lease to now + ttl; ClaimLost / ClaimNotFound when it is not ours."""
+        ttl = check_ttl(ttl)
+        async with self._immediate("extend a claim") as conn:
+            now = await self._check(conn, claim, live=False)
+            sql = "UPDATE indexer_claims SET expires_at = ? WHERE pipeline = ? AND chunk = ?"
+            await self._sql(conn, "extend a claim", sql, (now + ttl, claim.pipeline, claim.chunk))
+        return Claim(claim.pipeline, claim.chunk, claim.owner, claim.token, now + ttl)
+
+    async def release(self, claim: Claim, done: bool = False) -> None:
+        """Give the lease up (``done``: the chunk is complete); errors as ``extend``."""
+        async with self._immediate("release a claim") as conn:
+            await self._check(conn, claim, live=False)
+            sql = """UPDATE indexer_claims SET owner = NULL, expires_at = NULL, done = done OR ?
+                     WHERE pipeline = ? AND chunk = ?"""
+            await self._sql(conn, "release a claim", sql, (done, claim.pipeline, claim.chunk))
+
+    async def find_available(
+        self, pipeline: str, limit: int, chunks: range | None = None
+    ) -> list[int]:
+        """Up to ``limit`` claimable chunk rows (within ``chunks``), lowest first."""
+        low, high = chunk_bounds(chunks)
+        params = (pipeline, self.clock(), low, high, max(limit, 0))
+        rows = await self._query("find available chunks", _AVAILABLE, params)
+        return [row[0] for row in rows]
+
+    async def save_progress(self, claim: Claim, next_checkpoint: int) -> None:
+        """Store the chunk's progress while ``claim`` is a live lease, else ClaimLost."""
+        async with self._immediate("save progress") as conn:
+            await self._check(conn, claim, live=True)
+            params = (next_checkpoint, claim.pipeline, claim.chunk)
+            await self._sql(conn, "save progress", _SET_PROGRESS, params)
+
+    async def progress(self, pipeline: str, chunk: int) -> int | None:
+        """The chunk's saved next checkpoint, or None."""
+        sql = "SELECT progress FROM indexer_claims WHERE pipeline = ? AND chunk = ?"
+        rows = await self._query("load progress", sql, (pipeline, chunk))
+        return rows[0][0] if rows else None
+
+    @asynccontextmanager
+    async def fenced(
+        self, claim: Claim, next_checkpoint: int | None = None
+    ) -> AsyncIterator[aiosqlite.Connection]:
+        """Yield the connection inside ``BEGIN IMMEDIATE`` after checking the lease is live;
+        save ``next_checkpoint`` and commit on a clean exit, roll back if the block raises."""
+        async with self._immediate("begin a fenced transaction") as conn:
+            await self._check(conn, claim, live=True)
+            yield conn
+            if next_checkpoint is not None:
+                params = (next_checkpoint, claim.pipeline, claim.chunk)
+                await self._sql(conn, "save progress", _SET_PROGRESS, params)
+
+    async def chunks(self, pipeline: str) -> list[ChunkState]:
+        """Every chunk row of the pipeline in chunk order."""
+        sql = """SELECT chunk, owner, token, expires_at, done, progress FROM indexer_claims
+                 WHERE pipeline = ? ORDER BY chunk"""
+        rows = await self._query("list chunks", sql, (pipeline,))
+        return [ChunkState(c, o, t, e, bool(d), p) for c, o, t, e, d, p in rows]
+
+    async def completed_prefix(self, pipeline: str) -> int:
+        """How many chunks from chunk 0 on are done without a gap."""
+        rows = await self._query("count completed chunks", _PREFIX, (pipeline,))
+        return int(rows[0][0])
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    async def _check(self, conn: aiosqlite.Connection, claim: Claim, *, live: bool) -> float:
+        """Raise unless the chunk's row is still ``claim``'s lease; returns the clock's now."""
+        rows = await self._sql(conn, "check a claim", _ROW, (claim.pipeline, claim.chunk))
+        now = self.clock()
+        check_holder(claim, rows[0] if rows else None, now, live=live)
+        return now
+
+    @asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Hold the connection lock, opening the store first if needed."""
+        self._refuse_reentry()
+        async with self._lock:
+            if self._conn is None:
+                await self.open()
+            assert self._conn is not None
+            self._owner = asyncio.current_task()
+            try:
+                yield self._conn
+            finally:
+                self._owner = None
+
+    @asynccontextmanager
+    async def _immediate(self, action: str) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction holding the file's write lock; commits on a clean exit."""
+        async with self._exclusive() as conn:
+            try:
+                await self._sql(conn, action, "BEGIN IMMEDIATE")
+                yield conn
+                await self._sql(conn, action, "COMMIT")
+            except BaseException:
+                await _rollback(conn)
+                raise
+
+    def _refuse_reentry(self) -> None:
+        """Fail fast instead of deadlocking when a fenced block calls the store itself."""
+        if self._owner is not None and self._owner is asyncio.current_task():
+            raise ProgressStoreError(
+                f"{self.path}: claim store called inside its own fenced transaction; "
+                "use the connection it yields"
+            )
+
+    async def _query(self, action: str, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        async with self._exclusive() as conn:
+            return await self._sql(conn, action, sql, params)
+
+    async def _sql(
+        self, conn: aiosqlite.Connection, action: str, sql: str, params: Iterable[Any] = ()
+    ) -> list[Any]:
+        """Run one statement, turning SQLite errors into a one-line ProgressStoreError."""
+        try:
+            return await _fetch(conn, sql, params)
+        except sqlite3.Error as exc:
+            raise ProgressStoreError(f"{self.path}: cannot {action}: {_reason(exc)}") from exc
+
+
+async def _fetch(conn: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+    """Execute one statement and fetch its rows (closing the cursor)."""
+    return list(await conn.execute_fetchall(sql, params))
+
+
+def _reason(exc: BaseException) -> str:
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return " ".join(text.split()) or type(exc).__name__
