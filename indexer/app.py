@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from .claims import ClaimStore
 from .config import (
     POSTGRES_SCHEMES,
     Config,
@@ -40,6 +41,22 @@ def build_store(config: Config) -> ProgressStore:
         return PostgresProgressStore(spec)
     raise ConfigurationError(
         f"{config_origin(config)}: progress.store {spec!r} is not supported by this version"
+    )
+
+
+def build_claim_store(config: Config) -> ClaimStore:
+    """The claim store for scale-out, in the progress store's database."""
+    spec = config.progress.store
+    if spec.startswith("sqlite:"):
+        from .claims import SqliteClaimStore
+
+        return SqliteClaimStore(resolve_path(spec.removeprefix("sqlite:")))
+    if spec.startswith(POSTGRES_SCHEMES):
+        from .claims import PostgresClaimStore
+
+        return PostgresClaimStore(spec)
+    raise ConfigurationError(
+        f"{config_origin(config)}: scale-out needs an SQLite or PostgreSQL store, got {spec!r}"
     )
 
 

@@ -164,6 +164,25 @@ def main() -> None:
     envvar="INDEXER_PROGRESS",
     help="Live progress bars on a terminal [env INDEXER_PROGRESS].",
 )
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    envvar="INDEXER_PROCESSES",
+    help="Worker processes on this machine, sharing chunk claims (scale.processes) "
+    "[env INDEXER_PROCESSES].",
+)
+@click.option(
+    "--claims",
+    envvar="INDEXER_CLAIMS",
+    help="Join a chunked job whose claims (and progress) live in this sqlite:PATH or "
+    "postgresql:// database (scale.claims) [env INDEXER_CLAIMS].",
+)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    envvar="INDEXER_CHUNK_SIZE",
+    help="Checkpoints per claimed chunk (scale.chunk_size) [env INDEXER_CHUNK_SIZE].",
+)
 @handle_errors
 def run(
     config_path: Path | None,
@@ -177,6 +196,9 @@ def run(
     log_level: str | None,
     log_format: str | None,
     progress: bool | None,
+    processes: int | None,
+    claims: str | None,
+    chunk_size: int | None,
 ) -> None:
     """Run the configured pipelines over the feed until stopped (Ctrl+C stops gracefully)."""
     config = _load(
@@ -192,6 +214,9 @@ def run(
             "logging.level": log_level,
             "logging.format": log_format,
             "logging.progress": progress,
+            "scale.processes": processes,
+            "scale.claims": claims,
+            "scale.chunk_size": chunk_size,
         },
     )
     configure_logging(config.logging.level, config.logging.format)

@@ -110,12 +110,26 @@ class PipelineConfig(_Section):
     reducer: ReducerConfig | None = None
 
 
+class ScaleConfig(_Section):
+    """Scale-out: chunks leased from a claim store (on when processes > 1 or claims is set)."""
+
+    processes: int = 1
+    claims: str | None = None  # sqlite:PATH or a postgresql:// DSN; also the progress store
+    chunk_size: int = 10_000
+    lease_ttl: float = 30.0
+
+    @property
+    def chunked(self) -> bool:
+        return self.processes > 1 or self.claims is not None
+
+
 class Config(_Section):
     source: SourceConfig = msgspec.field(default_factory=SourceConfig)
     progress: ProgressConfig = msgspec.field(default_factory=ProgressConfig)
     run: RunConfig = msgspec.field(default_factory=RunConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    scale: ScaleConfig = msgspec.field(default_factory=ScaleConfig)
     pipelines: dict[str, PipelineConfig] = msgspec.field(default_factory=dict)
     #: The file this came from (not a TOML key); relative paths in it are relative to the cwd.
     path: str | None = None
@@ -224,6 +238,7 @@ def _check(config: Config, origin: str) -> None:
             f"postgresql:// DSN, got {store!r}"
         )
     parse_address(config.metrics.address, f"{origin}: metrics.address")
+    _check_scale(config, origin)
     for name, pipeline in config.pipelines.items():
         key = f"pipelines.{name}"
         if pipeline.concurrency < 1:
@@ -240,6 +255,41 @@ def _check(config: Config, origin: str) -> None:
     if unknown:
         known = ", ".join(config.pipelines) or "none"
         raise ConfigurationError(f"{origin}: unknown pipeline {unknown[0]!r} (configured: {known})")
+
+
+def _check_scale(config: Config, origin: str) -> None:
+    """Scale-out settings; in chunked mode the claims live in the progress store's database."""
+    scale = config.scale
+    if scale.processes < 1:
+        raise ConfigurationError(
+            f"{origin}: scale.processes must be at least 1, got {scale.processes}"
+        )
+    if scale.chunk_size < 1:
+        raise ConfigurationError(
+            f"{origin}: scale.chunk_size must be at least 1, got {scale.chunk_size}"
+        )
+    if scale.lease_ttl <= 0:
+        raise ConfigurationError(f"{origin}: scale.lease_ttl must be > 0, got {scale.lease_ttl}")
+    if not scale.chunked:
+        return
+    store = config.progress.store
+    if scale.claims is not None:
+        if store not in (scale.claims, ProgressConfig().store):
+            raise ConfigurationError(
+                f"{origin}: scale.claims ({mask_dsn(scale.claims)}) and progress.store "
+                f"({mask_dsn(store)}) must name the same database (leave progress.store unset)"
+            )
+        config.progress.store = store = scale.claims
+    if not store.startswith(("sqlite:", *POSTGRES_SCHEMES)):
+        raise ConfigurationError(
+            f"{origin}: scale-out needs an SQLite or PostgreSQL store for its claims "
+            f"(scale.claims or progress.store), got {mask_dsn(store)!r}"
+        )
+    if config.source.delete_below_watermark:
+        raise ConfigurationError(
+            f"{origin}: source.delete_below_watermark cannot be used with scale-out "
+            "(other processes still read below this one's chunk)"
+        )
 
 
 def parse_address(address: str, where: str) -> tuple[str, int]:

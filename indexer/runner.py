@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 
-from .app import build_executor, build_source
+from .app import build_claim_store, build_executor, build_source, build_store
 from .config import Config, parse_address
 from .errors import IndexerError
 from .executor import IndexerExecutor
@@ -22,9 +22,21 @@ __all__ = ["run_indexer"]
 
 def run_indexer(config: Config) -> str:
     """Run the configured pipelines until done or stopped; returns a one-line summary."""
+    if config.scale.processes > 1:
+        from .chunked.processes import run_processes
+
+        started = time.perf_counter()
+        failed = run_processes(config)
+        if failed:
+            raise IndexerError(f"{failed} of {config.scale.processes} worker processes failed")
+        watermarks = asyncio.run(_saved_watermarks(config))
+        marks = ", ".join(f"{name}={mark}" for name, mark in watermarks.items())
+        return (
+            f"{config.scale.processes} processes done in {time.perf_counter() - started:.1f}s; "
+            f"watermarks: {marks}"
+        )
     executor = build_executor(config)
     executor.timing = config.metrics.enabled
-    source = build_source(config)
     server = None
     if config.metrics.enabled:
         host, port = parse_address(config.metrics.address, "metrics.address")
@@ -37,7 +49,10 @@ def run_indexer(config: Config) -> str:
         log.info("serving metrics", address=f"http://{config.metrics.address}/metrics")
     started = time.perf_counter()
     try:
-        watermarks = asyncio.run(_run(executor, source, config))
+        if config.scale.chunked:
+            watermarks = asyncio.run(_run_chunked(executor, config))
+        else:
+            watermarks = asyncio.run(_run(executor, build_source(config), config))
         elapsed = time.perf_counter() - started
     finally:
         if server is not None:
@@ -48,6 +63,29 @@ def run_indexer(config: Config) -> str:
     return (
         f"processed {processed} checkpoints in {elapsed:.1f}s ({rate:,.0f}/s); watermarks: {marks}"
     )
+
+
+async def _saved_watermarks(config: Config) -> dict[str, int]:
+    async with build_store(config) as store:
+        saved = await store.watermarks()
+    selected = config.run.pipelines or list(config.pipelines)
+    return {name: saved.get(name, 0) for name in selected}
+
+
+async def _run_chunked(executor: IndexerExecutor, config: Config) -> dict[str, int]:
+    """This process's share of a chunked job (the executor only carries the pools)."""
+    from .chunked import ChunkedRunner
+
+    runner = ChunkedRunner(
+        executor.progress_store,
+        build_claim_store(config),
+        executor.pools,
+        lambda: build_source(config),
+        chunk_size=config.scale.chunk_size,
+        lease_ttl=config.scale.lease_ttl,
+        timing=executor.timing,
+    )
+    return await runner.run(config.run.first_checkpoint, config.run.last_checkpoint)
 
 
 async def _run(executor: IndexerExecutor, source: Any, config: Config) -> dict[str, int]:

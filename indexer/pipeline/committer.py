@@ -18,9 +18,10 @@ from typing import Any
 
 import structlog
 
+from ..claims import ClaimLost, ClaimNotFound
 from ..errors import PipelineHalted
 from ..metrics import PipelineStats
-from ..progress import ProgressStore, TransactionalProgressStore
+from ..progress import ProgressStore, TransactionalProgressStore, base_store
 from ..reducer import Reducer
 from ..retry import RetryPolicy, sleep_unless_set
 from ..watermark import WatermarkTracker
@@ -58,7 +59,9 @@ class Committer:
         self.stats = stats
         self.progress_interval = progress_interval
         self._stopping = stopping
-        self._transactional = reducer is not None and reducer.uses_store_transaction(store)
+        self._transactional = reducer is not None and reducer.uses_store_transaction(
+            base_store(store)
+        )
         self._items: deque[tuple[int, Any]] = deque()
         self._wake = asyncio.Event()
         self._closing = False
@@ -224,6 +227,8 @@ class Committer:
             try:
                 await operation()
                 return time.perf_counter() - started
+            except (ClaimLost, ClaimNotFound) as exc:  # fenced out: retrying cannot help
+                raise PipelineHalted(self.pipeline, f"{what} refused: {exc}") from exc
             except Exception as exc:
                 attempts += 1
                 if policy is not _SAVE_RETRY:

@@ -10,7 +10,7 @@ import structlog
 
 from ..errors import ConfigurationError, PipelineHalted
 from ..metrics import PipelineStats
-from ..progress import ProgressStore, TransactionalProgressStore
+from ..progress import ProgressStore, TransactionalProgressStore, base_store
 from ..reducer import Reducer
 from ..retry import RetryPolicy
 from ..watermark import WatermarkTracker
@@ -111,7 +111,7 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
     ) -> None:
         if (
             self.reducer is not None
-            and self.reducer.uses_store_transaction(store)
+            and self.reducer.uses_store_transaction(base_store(store))
             and not isinstance(store, TransactionalProgressStore)
         ):
             raise ConfigurationError(

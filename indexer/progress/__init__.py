@@ -1,6 +1,6 @@
 """Progress stores: where each pipeline's watermark and dead letters are kept."""
 
-from ._base import DeadLetter, ProgressStore, TransactionalProgressStore
+from ._base import DeadLetter, ProgressStore, TransactionalProgressStore, base_store
 from .file import FileProgressStore
 from .memory import MemoryProgressStore
 from .postgres import PostgresProgressStore
@@ -14,4 +14,5 @@ __all__ = [
     "ProgressStore",
     "SqliteProgressStore",
     "TransactionalProgressStore",
+    "base_store",
 ]

@@ -80,3 +80,11 @@ class TransactionalProgressStore(ProgressStore):
     @abstractmethod
     def transaction(self, pipeline: str, watermark: int) -> AbstractAsyncContextManager[Any]:
         """Open a transaction that also raises ``pipeline``'s watermark when it commits."""
+
+
+def base_store(store: ProgressStore) -> ProgressStore:
+    """The store underneath wrappers (``.inner``), which decides whether a sink shares its
+    database: a chunk's fenced store is a view onto the pipeline's real store."""
+    while isinstance(getattr(store, "inner", None), ProgressStore):
+        store = store.inner  # type: ignore[attr-defined]
+    return store

@@ -1,0 +1,102 @@
+"""``indexer run --processes N``: N worker processes on one machine sharing one claim store.
+
+The parent writes the effective config to a private file, starts N children (``indexer run``
+with ``--processes 1`` and the claim store set), each in its own session so that a Ctrl+C on
+the terminal reaches only the parent, and forwards each stop signal it gets to every child. A
+child that dies is not restarted: the others take its chunk over when its lease expires.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import msgspec
+import structlog
+
+from ..config import Config, parse_address
+
+log = structlog.get_logger("indexer")
+
+__all__ = ["run_processes"]
+
+
+def _config_file(config: Config, directory: str) -> Path:
+    data = _without_none(msgspec.to_builtins(config))
+    data.pop("path", None)
+    path = Path(directory) / "config.toml"
+    path.write_bytes(msgspec.toml.encode(data))
+    return path
+
+
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
+
+
+def child_command(config: Config, config_file: Path, index: int) -> list[str]:
+    """The command line of child ``index``: one process, chunked, its own metrics port."""
+    command = [
+        sys.executable,
+        "-m",
+        "indexer",
+        "run",
+        "-c",
+        str(config_file),
+        "--processes",
+        "1",
+        "--claims",
+        config.scale.claims or config.progress.store,
+        "--no-progress",
+    ]
+    if config.metrics.enabled:
+        host, port = parse_address(config.metrics.address, "metrics.address")
+        command += ["--metrics-address", f"{host}:{port + index}"]
+    return command
+
+
+def run_processes(config: Config) -> int:
+    """Run ``config.scale.processes`` children to the end; returns how many failed."""
+    count = config.scale.processes
+    with tempfile.TemporaryDirectory(prefix="indexer-run-") as directory:
+        config_file = _config_file(config, directory)
+        os.chmod(config_file, 0o600)  # it may hold a DSN with a password
+        children: list[subprocess.Popen[bytes]] = []
+
+        def forward(signum: int, frame: FrameType | None) -> None:
+            for child in children:
+                if child.poll() is None:
+                    child.send_signal(signum)
+
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            env = {**os.environ, "INDEXER_PROCESS_INDEX": ""}
+            for index in range(count):
+                env["INDEXER_PROCESS_INDEX"] = str(index)
+                children.append(
+                    subprocess.Popen(
+                        child_command(config, config_file, index), env=env, start_new_session=True
+                    )
+                )
+            log.info("started worker processes", processes=count, pids=[c.pid for c in children])
+            codes = [child.wait() for child in children]
+        finally:
+            for child in children:  # the parent itself failed: take the children down with it
+                if child.poll() is None:
+                    child.terminate()
+                    child.wait()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+    failed = [(c.pid, code) for c, code in zip(children, codes, strict=True) if code != 0]
+    for pid, code in failed:
+        log.error("worker process failed", pid=pid, exit_code=code)
+    return len(failed)

@@ -1,0 +1,61 @@
+"""ChunkProgressStore: the progress store a pipeline sees while it runs one leased chunk."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from ..claims import Claim, ClaimStore
+from ..progress import DeadLetter, ProgressStore, TransactionalProgressStore
+
+__all__ = ["ChunkProgressStore"]
+
+
+class ChunkProgressStore(TransactionalProgressStore):
+    """Maps a pipeline's watermark onto its chunk's progress, every write fenced by the lease.
+
+    ``load`` is the chunk's saved progress (or the pipeline's own watermark when that is further
+    inside the chunk); ``save`` and ``transaction`` write the chunk's progress only while the
+    lease is live, so a process that lost its lease changes nothing (``ClaimLost``). Dead
+    letters go to the pipeline's ``inner`` store. A sink whose database is the claim store's
+    (``inner`` is the progress store on that same database) writes its rows in the fenced
+    transaction: exactly once even when a lease moves to another process.
+    """
+
+    def __init__(self, inner: ProgressStore, claims: ClaimStore, claim: Claim, floor: int) -> None:
+        self.inner = inner
+        self.claims = claims
+        self.claim = claim
+        #: Where the chunk starts, or the pipeline's saved watermark if that is higher.
+        self.floor = floor
+
+    async def open(self) -> None:
+        await self.claims.open()
+        await self.inner.open()
+        await super().open()
+
+    async def close(self) -> None:  # the runner owns the inner and claim stores
+        await super().close()
+
+    async def load(self, pipeline: str) -> int | None:
+        saved = await self.claims.progress(self.claim.pipeline, self.claim.chunk)
+        return max(saved or 0, self.floor)
+
+    async def save(self, pipeline: str, watermark: int) -> int:
+        await self.claims.save_progress(self.claim, watermark)
+        return watermark
+
+    def transaction(self, pipeline: str, watermark: int) -> AbstractAsyncContextManager[Any]:
+        return self.claims.fenced(self.claim, watermark)
+
+    async def reset(self, pipeline: str, watermark: int) -> None:
+        raise NotImplementedError("reset a chunked pipeline through its progress store")
+
+    async def watermarks(self) -> dict[str, int]:
+        return await self.inner.watermarks()
+
+    async def add_dead_letter(self, pipeline: str, sequence_number: int, error: str) -> None:
+        await self.inner.add_dead_letter(pipeline, sequence_number, error)
+
+    async def dead_letters(self, pipeline: str | None = None) -> list[DeadLetter]:
+        return await self.inner.dead_letters(pipeline)

@@ -1,0 +1,283 @@
+"""ChunkedRunner: one process's share of a job cut into leased chunks.
+
+The checkpoint range from ``first`` on is cut into chunks of ``chunk_size``. The runner claims
+the lowest available chunk, runs the pipeline over it with its own executor (the chunk's
+progress fenced by the lease), renews the lease on a heartbeat, and releases the chunk as done.
+It goes on until every chunk up to ``last`` is done (waiting for other processes' chunks, and
+taking over any whose lease expires), or until it is stopped. After each chunk the pipeline's
+watermark is raised to the contiguous prefix of completed work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import structlog
+
+from ..claims import Claim, ClaimLost, ClaimNotFound, ClaimStore
+from ..errors import ConfigurationError, ShutdownAborted
+from ..executor import IndexerExecutor
+from ..pipeline import WorkerPool
+from ..progress import ProgressStore
+from ..sources import CheckpointSource
+from .progress import ChunkProgressStore
+
+log = structlog.get_logger("indexer")
+
+__all__ = ["ChunkedRunner", "default_owner"]
+
+#: Renewals that may fail in a row before the chunk is abandoned.
+MAX_RENEWAL_FAILURES = 3
+
+
+def default_owner() -> str:
+    """``host:pid``: unique among live processes, and says where a lease holder runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class ChunkedRunner:
+    """Runs ``pools`` chunk by chunk under leases from ``claims``; see the module docstring.
+
+    ``source_factory`` makes a fresh source for each chunk. Pipelines are claimed and run one
+    chunk at a time each (they do not share a reader in this mode). ``run`` returns each
+    pipeline's watermark as the store holds it at the end.
+    """
+
+    def __init__(
+        self,
+        progress_store: ProgressStore,
+        claims: ClaimStore,
+        pools: list[WorkerPool[Any, Any]],
+        source_factory: Callable[[], CheckpointSource],
+        *,
+        chunk_size: int,
+        lease_ttl: float = 30.0,
+        owner: str | None = None,
+        poll_interval: float | None = None,
+        handle_signals: bool = True,
+        timing: bool = True,
+    ) -> None:
+        if chunk_size < 1:
+            raise ConfigurationError(f"chunk_size must be at least 1, got {chunk_size}")
+        if lease_ttl <= 0:
+            raise ConfigurationError(f"lease_ttl must be positive, got {lease_ttl}")
+        if not pools:
+            raise ConfigurationError("no pipelines to run")
+        self.progress_store = progress_store
+        self.claims = claims
+        self.pools = pools
+        self.source_factory = source_factory
+        self.chunk_size = chunk_size
+        self.lease_ttl = lease_ttl
+        self.owner = owner or default_owner()
+        self.heartbeat = min(lease_ttl / 4, 15.0)
+        self.poll_interval = (
+            poll_interval if poll_interval is not None else min(self.heartbeat, 1.0)
+        )
+        self.handle_signals = handle_signals
+        self.timing = timing
+        self.chunks_done = 0
+        self.chunks_abandoned = 0
+        self._stop = asyncio.Event()
+        self._signals = 0
+        self._current: IndexerExecutor | None = None
+        self._main: asyncio.Task[Any] | None = None
+
+    def request_stop(self) -> None:
+        """Finish the chunk in hand gracefully (its progress is saved) and claim no more."""
+        self._stop.set()
+        if self._current is not None:
+            self._current.request_stop()
+
+    async def run(self, first: int | None = None, last: int | None = None) -> dict[str, int]:
+        base = first or 0
+        if last is not None and last < base:
+            raise ConfigurationError(f"last_checkpoint ({last}) is below first_checkpoint ({base})")
+        self._main = asyncio.current_task()
+        await self.progress_store.open()
+        await self.claims.open()
+        try:
+            with self._signal_handlers():
+                while not self._stop.is_set():
+                    progressed = False
+                    for pool in self.pools:
+                        if self._stop.is_set():
+                            break
+                        progressed |= await self._step(pool, base, last)
+                    if await self._all_done(base, last):
+                        break
+                    if not progressed:
+                        await _sleep_unless(self._stop, self.poll_interval)
+            return {
+                pool.name: await self._update_watermark(pool, base, last) for pool in self.pools
+            }
+        except asyncio.CancelledError:
+            if self._signals >= 2:
+                raise ShutdownAborted("aborted by a second stop signal") from None
+            raise
+        finally:
+            self._main = None
+            await self.claims.close()
+            await self.progress_store.close()
+
+    # -- one chunk ----------------------------------------------------------------------------
+
+    async def _step(self, pool: WorkerPool[Any, Any], base: int, last: int | None) -> bool:
+        """Claim and run one chunk of ``pool``'s pipeline; False when none was available."""
+        total = await self._chunk_count(base, last)
+        if total is None:
+            return False
+        await self.claims.ensure_chunks(pool.name, total)
+        claim = await self.claims.claim_next(pool.name, self.owner, self.lease_ttl, range(0, total))
+        if claim is None:
+            return False
+        start = base + claim.chunk * self.chunk_size
+        end = start + self.chunk_size - 1
+        if last is not None:
+            end = min(end, last)
+        saved = await self.progress_store.load(pool.name) or 0
+        if saved > end:  # done before chunking, or by a run that saved the pipeline's watermark
+            await self.claims.release(claim, done=True)
+            return True
+        floor = max(start, saved)
+        log.info(
+            "chunk claimed",
+            pipeline=pool.name,
+            chunk=claim.chunk,
+            checkpoints=f"{start}..{end}",
+            token=claim.token,
+            owner=self.owner,
+        )
+        store = ChunkProgressStore(self.progress_store, self.claims, claim, floor)
+        executor = IndexerExecutor(store, handle_signals=False, timing=self.timing, tune_gc=False)
+        executor.register(pool)
+        lost = asyncio.Event()
+        heartbeat = asyncio.create_task(self._renew(claim, executor, lost), name="heartbeat")
+        source = self.source_factory()
+        self._current = executor
+        try:
+            marks = await executor.run(source, first_checkpoint=start, last_checkpoint=end)
+        except Exception:
+            if lost.is_set():  # the halt is the fence working: nothing was committed
+                log.warning("chunk abandoned: lease lost", pipeline=pool.name, chunk=claim.chunk)
+                self.chunks_abandoned += 1
+                return True
+            raise
+        finally:
+            self._current = None
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+            await source.close()
+        if lost.is_set():
+            self.chunks_abandoned += 1
+            return True
+        if marks[pool.name] > end:
+            with contextlib.suppress(ClaimLost, ClaimNotFound):
+                await self.claims.release(claim, done=True)
+                self.chunks_done += 1
+                log.info("chunk done", pipeline=pool.name, chunk=claim.chunk)
+        else:  # stopped part-way: the progress stays with the chunk for whoever comes next
+            with contextlib.suppress(ClaimLost, ClaimNotFound):
+                await self.claims.release(claim)
+        await self._update_watermark(pool, base, last)
+        return True
+
+    async def _renew(self, claim: Claim, executor: IndexerExecutor, lost: asyncio.Event) -> None:
+        """Extend the lease every ``heartbeat`` seconds; stop the chunk when it is lost or when
+        ``MAX_RENEWAL_FAILURES`` renewals in a row fail."""
+        failures = 0
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            try:
+                claim = await self.claims.extend(claim, self.lease_ttl)
+                failures = 0
+                continue
+            except (ClaimLost, ClaimNotFound) as exc:
+                reason = str(exc)
+            except Exception as exc:
+                failures += 1
+                log.warning("lease renewal failed", chunk=claim.chunk, error=repr(exc))
+                if failures < MAX_RENEWAL_FAILURES:
+                    continue
+                reason = f"{failures} renewals failed in a row"
+            log.warning("lease lost, abandoning the chunk", chunk=claim.chunk, reason=reason)
+            lost.set()
+            executor.request_stop()
+            return
+
+    # -- the job as a whole ---------------------------------------------------------------------
+
+    async def _chunk_count(self, base: int, last: int | None) -> int | None:
+        """How many chunks the job has: up to ``last``, or up to the feed's newest checkpoint
+        plus one chunk to tail into when the job is open-ended."""
+        if last is not None:
+            return (last - base) // self.chunk_size + 1
+        source = self.source_factory()
+        try:
+            latest = await source.latest_sequence_number()
+        finally:
+            await source.close()
+        if latest is None or latest < base:
+            return 1
+        return (latest - base) // self.chunk_size + 2
+
+    async def _all_done(self, base: int, last: int | None) -> bool:
+        if last is None:
+            return False
+        total = (last - base) // self.chunk_size + 1
+        for pool in self.pools:
+            if await self.claims.completed_prefix(pool.name) < total:
+                return False
+        return True
+
+    async def _update_watermark(
+        self, pool: WorkerPool[Any, Any], base: int, last: int | None
+    ) -> int:
+        """Raise the pipeline's watermark to its contiguous completed prefix: every done chunk
+        from the start, then the saved progress of the first chunk not done."""
+        prefix = await self.claims.completed_prefix(pool.name)
+        watermark = base + prefix * self.chunk_size
+        if last is not None:
+            watermark = min(watermark, last + 1)
+        rows = await self.claims.chunks(pool.name)
+        if prefix < len(rows) and rows[prefix].progress is not None:
+            watermark = max(watermark, rows[prefix].progress or 0)
+        return await self.progress_store.save(pool.name, watermark)
+
+    # -- signals --------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("stopping: finishing the chunk in hand (signal again to abort)", signal=signum)
+            self.request_stop()
+        elif self._main is not None:
+            self._main.cancel()
+
+    @contextlib.contextmanager
+    def _signal_handlers(self) -> Iterator[None]:
+        installed: list[signal.Signals] = []
+        loop = asyncio.get_running_loop()
+        if self.handle_signals:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    loop.add_signal_handler(signum, self._on_signal, signum)
+                except (RuntimeError, ValueError, NotImplementedError):
+                    continue
+                installed.append(signum)
+        try:
+            yield
+        finally:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+
+
+async def _sleep_unless(event: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)

@@ -1,0 +1,265 @@
+"""Scale-out through the real ``indexer run``: chunks leased from a claim store, many processes.
+
+Every case checks the sink's rows against the feed: each transaction's row exactly once (the
+sink shares the claim store's database, so rows commit in the lease-fenced transaction).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from indexer.sources import SyntheticSource
+
+INDEXER = str(Path(sys.executable).with_name("indexer"))
+PROGRAMS = Path(__file__).resolve().parent / "programs"
+COUNT = 600
+COLUMNS = (
+    '{ checkpoint = "BIGINT", digest = "TEXT", sender = "TEXT", event_count = "BIGINT", '
+    'timestamp_ms = "BIGINT" }'
+)
+
+
+@pytest.fixture(scope="module")
+def feed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("scaleout") / "feed"
+    done = subprocess.run(
+        [INDEXER, "generate", "--out", str(directory), "--count", str(COUNT), "--seed", "3"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return directory
+
+
+def expected_digests() -> list[str]:
+    source = SyntheticSource(seed=3)
+    return sorted(tx.digest for n in range(COUNT) for tx in source.checkpoint_at(n).transactions)
+
+
+def write_config(
+    path: Path, feed: Path, store: str, *, sink: str, table: str, delay: float, pipeline: str
+) -> Path:
+    options = f'table = "{table}", columns = {COLUMNS}'
+    path.write_text(
+        f"""
+[source]
+feed = "{feed}"
+follow = false
+
+[progress]
+store = "{store}"
+
+[scale]
+chunk_size = 100
+lease_ttl = 1.0
+
+[pipelines.{pipeline}]
+worker = "slow_workers:SlowTransactionExtractor"
+options = {{ delay = {delay} }}
+concurrency = 4
+
+[pipelines.{pipeline}.reducer]
+class = "{sink}"
+max_batch_size = 10
+max_batch_age = 0.05
+options = {{ {options} }}
+"""
+    )
+    return path
+
+
+def start(config: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(PROGRAMS), os.environ.get("PYTHONPATH", "")]),
+    }
+    with log.open("wb") as err:
+        return subprocess.Popen(
+            [
+                INDEXER,
+                "run",
+                "-c",
+                str(config),
+                "--last-checkpoint",
+                str(COUNT - 1),
+                "--no-metrics",
+                "--no-progress",
+                "--log-format",
+                "json",
+                *args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=env,
+        )
+
+
+def wait_for(predicate: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def sqlite_digests(db: Path, table: str) -> list[str]:
+    with sqlite3.connect(db) as conn:
+        return sorted(row[0] for row in conn.execute(f"SELECT digest FROM {table}"))
+
+
+def test_processes_share_the_job_and_write_each_row_once(feed: Path, tmp_path: Path) -> None:
+    db = tmp_path / "index.db"
+    config = write_config(
+        tmp_path / "cfg.toml",
+        feed,
+        f"sqlite:{db}",
+        sink="reducers.sqlite:SqliteSink",
+        table="rows",
+        delay=0.001,
+        pipeline="txs",
+    )
+    process = start(config, "--processes", "2", log=tmp_path / "run.log")
+    try:
+        out, _ = process.communicate(timeout=60)
+    finally:
+        stop_all([process])
+    log = (tmp_path / "run.log").read_text()
+    assert log.count('"chunk done"') == 6, log[-2000:]
+    assert process.returncode == 0, log[-2000:]
+    assert "2 processes done" in out.decode() and "txs=600" in out.decode()
+    assert sqlite_digests(db, "rows") == expected_digests()
+    with sqlite3.connect(db) as conn:
+        chunks = conn.execute("SELECT chunk, done FROM indexer_claims ORDER BY chunk").fetchall()
+        owners = {o for (o,) in conn.execute("SELECT DISTINCT owner FROM indexer_claims")}
+    assert chunks == [(n, 1) for n in range(6)]
+    assert owners == {None}  # released
+
+
+def test_scale_out_without_a_database_is_a_config_error(tmp_path: Path, feed: Path) -> None:
+    config = write_config(
+        tmp_path / "cfg.toml",
+        feed,
+        "memory",
+        sink="reducers.sqlite:SqliteSink",
+        table="rows",
+        delay=0.0,
+        pipeline="txs",
+    )
+    done = subprocess.run(
+        [INDEXER, "run", "-c", str(config), "--processes", "2"], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert "scale-out needs an SQLite or PostgreSQL store" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def _kill_one_and_finish(tmp_path: Path, config: Path, claims: str, rows: Any) -> None:
+    """Two processes join one job; one is SIGKILLed holding a chunk; the other finishes it all
+    (taking the dead one's chunk over when its lease expires)."""
+    victim = start(config, "--claims", claims, log=tmp_path / "victim.log")
+    survivor: subprocess.Popen[bytes] | None = None
+    try:
+        wait_for(lambda: rows() >= 150 and "chunk claimed" in (tmp_path / "victim.log").read_text())
+        survivor = start(config, "--claims", claims, log=tmp_path / "survivor.log")
+        wait_for(lambda: "chunk claimed" in (tmp_path / "survivor.log").read_text())
+        victim.send_signal(signal.SIGKILL)
+        assert victim.wait(10) == -signal.SIGKILL
+        out, _ = survivor.communicate(timeout=60)
+        log = (tmp_path / "survivor.log").read_text()
+        assert survivor.returncode == 0, log[-2000:]
+        assert f"={COUNT}" in out.decode()
+    finally:
+        stop_all([p for p in (victim, survivor) if p is not None])
+
+
+def test_sigkill_one_of_two_processes_and_the_job_completes_exactly_once(
+    feed: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "index.db"
+    config = write_config(
+        tmp_path / "cfg.toml",
+        feed,
+        f"sqlite:{db}",
+        sink="reducers.sqlite:SqliteSink",
+        table="rows",
+        delay=0.01,
+        pipeline="txs",
+    )
+
+    def rows() -> int:
+        if not db.exists():
+            return 0
+        try:
+            with sqlite3.connect(db, timeout=5) as conn:
+                return conn.execute("SELECT count(DISTINCT checkpoint) FROM rows").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+    _kill_one_and_finish(tmp_path, config, f"sqlite:{db}", rows)
+    assert sqlite_digests(db, "rows") == expected_digests()
+
+
+def test_sigkill_one_of_two_processes_on_postgresql(
+    feed: Path, tmp_path: Path, postgres_dsn: str
+) -> None:
+    import asyncio
+
+    import asyncpg
+
+    suffix = uuid.uuid4().hex[:8]
+    table, pipeline = f"rows_{suffix}", f"txs_{suffix}"
+    config = write_config(
+        tmp_path / "cfg.toml",
+        feed,
+        postgres_dsn,
+        sink="reducers.postgres:PostgresSink",
+        table=table,
+        delay=0.01,
+        pipeline=pipeline,
+    )
+
+    async def query(sql: str) -> list[Any]:
+        conn = await asyncpg.connect(postgres_dsn)
+        try:
+            return list(await conn.fetch(sql))
+        finally:
+            await conn.close()
+
+    def rows() -> int:
+        try:
+            return asyncio.run(query(f"SELECT count(DISTINCT checkpoint) FROM {table}"))[0][0]
+        except asyncpg.UndefinedTableError:
+            return 0
+
+    try:
+        _kill_one_and_finish(tmp_path, config, postgres_dsn, rows)
+        digests = sorted(r[0] for r in asyncio.run(query(f"SELECT digest FROM {table}")))
+        assert digests == expected_digests()
+        done = asyncio.run(
+            query(f"SELECT count(*) FROM indexer_claims WHERE pipeline = '{pipeline}' AND done")
+        )
+        assert done[0][0] == COUNT // 100
+    finally:
+        for sql in (
+            f"DROP TABLE IF EXISTS {table}",
+            f"DELETE FROM indexer_claims WHERE pipeline = '{pipeline}'",
+            f"DELETE FROM indexer_watermarks WHERE pipeline = '{pipeline}'",
+        ):
+            asyncio.run(query(sql))
