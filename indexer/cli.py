@@ -8,7 +8,6 @@ Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import sys
@@ -21,7 +20,7 @@ import click
 import msgspec
 
 from . import __version__
-from .app import build_executor, build_source, build_store, store_exists
+from .app import build_executor
 from .config import Config, load_config, mask_dsn, parse_address
 from .errors import ConfigurationError, IndexerError, ShutdownAborted
 from .logs import configure_logging
@@ -229,36 +228,6 @@ def run(
 # -- status and reset -------------------------------------------------------------------------
 
 
-async def _status(config: Config) -> dict[str, Any]:
-    store = build_store(config)
-    source = build_source(config)
-    exists = store_exists(config)
-    async with contextlib.AsyncExitStack() as stack:
-        if exists:  # a read-only look must not create a store (a typo would look fresh)
-            await stack.enter_async_context(store)
-        saved = await store.watermarks() if exists else {}
-        names = list(dict.fromkeys([*config.pipelines, *saved]))
-        latest = await source.latest_sequence_number()
-        rows = []
-        for name in names:
-            watermark = saved.get(name)
-            dead = await store.dead_letters(name) if exists else []
-            lag = None
-            if latest is not None:
-                lag = max(0, latest + 1 - (watermark or 0))
-            rows.append(
-                {
-                    "pipeline": name,
-                    "watermark": watermark,
-                    "feed_latest": latest,
-                    "lag": lag,
-                    "dead_letters": [d.sequence_number for d in dead],
-                }
-            )
-    await source.close()
-    return {"store": mask_dsn(config.progress.store), "store_exists": exists, "pipelines": rows}
-
-
 @main.command()
 @config_option
 @feed_option
@@ -266,29 +235,16 @@ async def _status(config: Config) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @handle_errors
 def status(config_path: Path | None, feed: str | None, store: str | None, as_json: bool) -> None:
-    """Per pipeline: watermark, newest checkpoint in the feed, lag, dead letters."""
+    """Per pipeline: watermark, newest checkpoint in the feed, lag, dead letters; for a
+    scaled-out job also its chunks: done, owners and lease expiry."""
     config = _load(config_path, **{"source.feed": feed, "progress.store": store})
-    report = asyncio.run(_status(config))
+    from ._status import render_status, status_report
+
+    report = asyncio.run(status_report(config))
     if as_json:
         click.echo(json.dumps(report, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    missing = "" if report["store_exists"] else " (does not exist yet)"
-    table = Table(title=f"progress store {report['store']}{missing}")
-    for column in ("pipeline", "watermark", "feed latest", "lag", "dead letters"):
-        table.add_column(column, justify="left" if column == "pipeline" else "right")
-    for row in report["pipelines"]:
-        dead = row["dead_letters"]
-        table.add_row(
-            row["pipeline"],
-            "-" if row["watermark"] is None else str(row["watermark"]),
-            "-" if row["feed_latest"] is None else str(row["feed_latest"]),
-            "-" if row["lag"] is None else str(row["lag"]),
-            str(len(dead)) + (f" ({', '.join(map(str, dead[:5]))}…)" if dead else ""),
-        )
-    Console().print(table)
+    else:
+        render_status(report)
 
 
 @main.command()
@@ -307,18 +263,12 @@ def status(config_path: Path | None, feed: str | None, store: str | None, as_jso
 def reset(config_path: Path | None, store: str | None, pipeline: str, to: int, force: bool) -> None:
     """Set a pipeline's watermark, lower included: the only way to re-index."""
     config = _load(config_path, **{"progress.store": store})
+    from ._status import reset_pipeline
 
-    async def go() -> int | None:
-        if not force and not store_exists(config):
-            return None
-        async with build_store(config) as progress:
-            current = await progress.load(pipeline)
-            if force:
-                await progress.reset(pipeline, to)
-            return current
-
-    current = asyncio.run(go())
+    current, chunks = asyncio.run(reset_pipeline(config, pipeline, to, force))
     what = f"pipeline {pipeline!r} from {current if current is not None else 'nothing'} to {to}"
+    if chunks:
+        what += f" and drop its {chunks} chunk claims"
     if not force:
         _fail(f"would reset {what} in {mask_dsn(config.progress.store)}; add --force to do it", 2)
     click.echo(f"reset {what}")

@@ -204,6 +204,8 @@ class IndexerExecutor:
             raise reader_error
         halted = [pool.error for pool in pools if pool.error is not None]
         if halted:
+            if isinstance(halted[0].__cause__, ConfigurationError):  # exit code 2, not 1
+                raise ConfigurationError(str(halted[0])) from halted[0]
             raise halted[0]
         return watermarks
 

@@ -9,6 +9,7 @@ from typing import Any
 import aiosqlite
 
 from indexer import ConfigurationError, Reducer
+from indexer._sqlite import connect
 from indexer.progress import SqliteProgressStore
 from workers.counter import Counts, merge_counts
 
@@ -72,8 +73,7 @@ class CounterSink(Reducer[Counts]):
             )
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = await aiosqlite.connect(self.path, isolation_level=None)
-            await self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn = await connect(self.path)
         await self._conn.execute("BEGIN IMMEDIATE")
         try:
             await self._write(self._conn, batch)

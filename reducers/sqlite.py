@@ -10,6 +10,7 @@ from typing import Any, cast
 import aiosqlite
 
 from indexer import ConfigurationError, Reducer
+from indexer._sqlite import connect
 from indexer.progress import SqliteProgressStore
 
 Row = Sequence[Any] | Mapping[str, Any]
@@ -101,8 +102,7 @@ class SqliteSink(Reducer[Sequence[Row]]):
             )
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = await aiosqlite.connect(self.path, isolation_level=None)
-            await self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn = await connect(self.path)
         await self._conn.execute("BEGIN IMMEDIATE")
         try:
             await self._write(self._conn, batch)

@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 
 from indexer.claims import (
+    ChunkLayout,
     ChunkState,
     Claim,
     ClaimLost,
@@ -342,6 +343,34 @@ async def test_claim_next_takes_the_lowest_available_chunk(
     assert taken == Claim("p", 0, "b", 2, START + 15)
     assert (await store.claim_next("p", "b", ttl=10)) == Claim("p", 2, "b", 1, START + 15)
     assert await store.claim_next("p", "b", ttl=10) is None
+
+
+# --- layout and forget -------------------------------------------------------------------------
+
+
+async def test_layout_is_recorded_once_and_forget_drops_it_with_the_chunks(
+    store: ClaimStore,
+) -> None:
+    assert await store.layout("p") is None
+    assert await store.pipelines() == []
+    assert await store.adopt_layout("p", ChunkLayout(100, 10)) == ChunkLayout(100, 10)
+    assert await store.adopt_layout("p", ChunkLayout(0, 50)) == ChunkLayout(100, 10)  # first wins
+    assert await store.adopt_layout("q", ChunkLayout(0, 50)) == ChunkLayout(0, 50)
+    assert await store.layout("p") == ChunkLayout(100, 10)
+    assert await store.pipelines() == ["p", "q"]
+    assert ChunkLayout(100, 10).bounds(2) == (120, 129)
+    assert ChunkLayout(100, 10).chunk_of(129) == 2
+    await store.ensure_chunks("p", 3)
+    await store.ensure_chunks("q", 2)
+    claim = await store.claim("p", 0, "a", ttl=10)
+    assert claim is not None
+    await store.release(claim, done=True)
+    await store.forget("p")
+    assert await store.layout("p") is None
+    assert await store.chunks("p") == []
+    assert await store.completed_prefix("p") == 0
+    assert await store.pipelines() == ["q"]
+    assert len(await store.chunks("q")) == 2  # other pipelines are untouched
 
 
 # --- concurrency -------------------------------------------------------------------------------

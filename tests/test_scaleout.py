@@ -6,6 +6,8 @@ sink shares the claim store's database, so rows commit in the lease-fenced trans
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import sqlite3
@@ -18,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from indexer.claims import ChunkLayout, Claim, SqliteClaimStore
 from indexer.sources import SyntheticSource
 
 INDEXER = str(Path(sys.executable).with_name("indexer"))
@@ -150,6 +153,76 @@ def test_processes_share_the_job_and_write_each_row_once(feed: Path, tmp_path: P
         owners = {o for (o,) in conn.execute("SELECT DISTINCT owner FROM indexer_claims")}
     assert chunks == [(n, 1) for n in range(6)]
     assert owners == {None}  # released
+    report = json.loads(indexer("status", "-c", str(config), "--json"))
+    (row,) = report["pipelines"]
+    assert row["watermark"] == COUNT and row["lag"] == 0
+    assert row["chunks"] == {
+        "first": 0,
+        "chunk_size": 100,
+        "total": 6,
+        "done": 6,
+        "held": 0,
+        "pending": [],
+    }
+
+
+def test_status_shows_leases_and_reset_waits_for_them(feed: Path, tmp_path: Path) -> None:
+    db = tmp_path / "index.db"
+    config = write_config(
+        tmp_path / "cfg.toml",
+        feed,
+        f"sqlite:{db}",
+        sink="reducers.sqlite:SqliteSink",
+        table="rows",
+        delay=0.0,
+        pipeline="txs",
+    )
+
+    async def lease() -> Claim:
+        async with SqliteClaimStore(db) as claims:
+            await claims.adopt_layout("txs", ChunkLayout(0, 100))
+            await claims.ensure_chunks("txs", 6)
+            done = await claims.claim("txs", 0, "host-a:1", ttl=60)
+            assert done is not None
+            await claims.release(done, done=True)
+            held = await claims.claim("txs", 1, "host-b:2", ttl=60)
+            assert held is not None
+            await claims.save_progress(held, 142)
+            return held
+
+    held = asyncio.run(lease())
+    report = json.loads(indexer("status", "-c", str(config), "--json"))
+    chunks = report["pipelines"][0]["chunks"]
+    assert (chunks["total"], chunks["done"], chunks["held"]) == (6, 1, 1)
+    first = chunks["pending"][0]
+    assert first["chunk"] == 1 and first["checkpoints"] == [100, 199]
+    assert first["owner"] == "host-b:2" and first["progress"] == 142
+    assert 0 < first["lease_expires_in"] <= 60
+    assert [p["chunk"] for p in chunks["pending"]] == [1, 2, 3, 4, 5]
+    table = indexer("status", "-c", str(config))
+    assert "host-b:2" in table and "100..199" in table and "1/6" in table
+
+    reset = [INDEXER, "reset", "-c", str(config), "--pipeline", "txs", "--to", "0", "--force"]
+    refused = subprocess.run(reset, capture_output=True, text=True, check=False)
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1 and "leased to 'host-b:2'" in refused.stderr
+
+    async def release() -> None:
+        async with SqliteClaimStore(db) as claims:
+            await claims.release(held)
+
+    asyncio.run(release())
+    assert "drop its 6 chunk claims" in indexer(*reset[1:])
+    report = json.loads(indexer("status", "-c", str(config), "--json"))
+    assert "chunks" not in report["pipelines"][0]
+    assert report["pipelines"][0]["watermark"] == 0
+
+
+def indexer(*args: str) -> str:
+    """Run ``indexer ARGS``; its stdout, after checking it succeeded."""
+    done = subprocess.run([INDEXER, *args], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def test_scale_out_without_a_database_is_a_config_error(tmp_path: Path, feed: Path) -> None:

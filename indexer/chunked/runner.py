@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from ..claims import Claim, ClaimLost, ClaimNotFound, ClaimStore
+from ..claims import ChunkLayout, Claim, ClaimLost, ClaimNotFound, ClaimStore
 from ..errors import ConfigurationError, ShutdownAborted
 from ..executor import IndexerExecutor
 from ..pipeline import WorkerPool
@@ -96,26 +96,31 @@ class ChunkedRunner:
             self._current.request_stop()
 
     async def run(self, first: int | None = None, last: int | None = None) -> dict[str, int]:
-        base = first or 0
-        if last is not None and last < base:
-            raise ConfigurationError(f"last_checkpoint ({last}) is below first_checkpoint ({base})")
+        """Work through the job until every chunk up to ``last`` is done (forever when ``last``
+        is None) or until stopped; return each pipeline's watermark."""
+        if first is not None and last is not None and last < first:
+            raise ConfigurationError(
+                f"last_checkpoint ({last}) is below first_checkpoint ({first})"
+            )
         self._main = asyncio.current_task()
         await self.progress_store.open()
         await self.claims.open()
         try:
+            layouts = {pool.name: await self._layout(pool.name, first) for pool in self.pools}
             with self._signal_handlers():
                 while not self._stop.is_set():
                     progressed = False
                     for pool in self.pools:
                         if self._stop.is_set():
                             break
-                        progressed |= await self._step(pool, base, last)
-                    if await self._all_done(base, last):
+                        progressed |= await self._step(pool, layouts[pool.name], last)
+                    if await self._all_done(layouts, last):
                         break
                     if not progressed:
                         await _sleep_unless(self._stop, self.poll_interval)
             return {
-                pool.name: await self._update_watermark(pool, base, last) for pool in self.pools
+                name: await self._update_watermark(name, layout, last)
+                for name, layout in layouts.items()
             }
         except asyncio.CancelledError:
             if self._signals >= 2:
@@ -126,25 +131,49 @@ class ChunkedRunner:
             await self.claims.close()
             await self.progress_store.close()
 
+    async def _layout(self, pipeline: str, first: int | None) -> ChunkLayout:
+        """The pipeline's chunk layout: the recorded one, or this run's (from ``first``, else
+        from the pipeline's saved watermark) recorded now. A different chunk size, or a
+        different explicit first checkpoint, is refused: the stored chunk states would then
+        stand for other checkpoints."""
+        start = first if first is not None else (await self.progress_store.load(pipeline) or 0)
+        wanted = ChunkLayout(start, self.chunk_size)
+        layout = await self.claims.adopt_layout(pipeline, wanted)
+        if layout.chunk_size != self.chunk_size or (first is not None and layout.first != first):
+            raise ConfigurationError(
+                f"pipeline {pipeline!r} is already cut into chunks of {layout.chunk_size} "
+                f"from checkpoint {layout.first} in the claim store; this run asks for chunks "
+                f"of {self.chunk_size} from {start}: run with the same scale.chunk_size and "
+                "first checkpoint, or `indexer reset` the pipeline first"
+            )
+        return layout
+
     # -- one chunk ----------------------------------------------------------------------------
 
-    async def _step(self, pool: WorkerPool[Any, Any], base: int, last: int | None) -> bool:
+    async def _step(
+        self, pool: WorkerPool[Any, Any], layout: ChunkLayout, last: int | None
+    ) -> bool:
         """Claim and run one chunk of ``pool``'s pipeline; False when none was available."""
-        total = await self._chunk_count(base, last)
-        if total is None:
+        total = await self._chunk_count(layout, last)
+        if total <= 0:
             return False
         await self.claims.ensure_chunks(pool.name, total)
         claim = await self.claims.claim_next(pool.name, self.owner, self.lease_ttl, range(0, total))
         if claim is None:
             return False
-        start = base + claim.chunk * self.chunk_size
-        end = start + self.chunk_size - 1
-        if last is not None:
-            end = min(end, last)
+        start, whole_end = layout.bounds(claim.chunk)
+        end = whole_end if last is None else min(whole_end, last)
+        # A chunk cut short by ``last`` is not done: a later run with a higher last goes on in it.
+        complete = end == whole_end
         saved = await self.progress_store.load(pool.name) or 0
-        if saved > end:  # done before chunking, or by a run that saved the pipeline's watermark
-            await self.claims.release(claim, done=True)
-            return True
+        progress = await self.claims.progress(pool.name, claim.chunk) or 0
+        if max(saved, progress) > end:
+            # Done already: before chunking, by a run that saved the pipeline's watermark, or
+            # up to ``last`` (then False: nothing was done, wait instead of claiming it again).
+            if progress <= end:
+                await self.claims.save_progress(claim, end + 1)
+            await self.claims.release(claim, done=complete)
+            return complete
         floor = max(start, saved)
         log.info(
             "chunk claimed",
@@ -163,8 +192,9 @@ class ChunkedRunner:
         self._current = executor
         try:
             marks = await executor.run(source, first_checkpoint=start, last_checkpoint=end)
-        except Exception:
-            if lost.is_set():  # the halt is the fence working: nothing was committed
+        except Exception as exc:
+            # A halt on a refused commit is the fence working: nothing of it was committed.
+            if lost.is_set() or isinstance(exc.__cause__, (ClaimLost, ClaimNotFound)):
                 log.warning("chunk abandoned: lease lost", pipeline=pool.name, chunk=claim.chunk)
                 self.chunks_abandoned += 1
                 return True
@@ -177,15 +207,15 @@ class ChunkedRunner:
         if lost.is_set():
             self.chunks_abandoned += 1
             return True
-        if marks[pool.name] > end:
+        if marks[pool.name] > end and complete:
             with contextlib.suppress(ClaimLost, ClaimNotFound):
                 await self.claims.release(claim, done=True)
                 self.chunks_done += 1
                 log.info("chunk done", pipeline=pool.name, chunk=claim.chunk)
-        else:  # stopped part-way: the progress stays with the chunk for whoever comes next
+        else:  # stopped part-way or at ``last``: the progress stays with the chunk
             with contextlib.suppress(ClaimLost, ClaimNotFound):
                 await self.claims.release(claim)
-        await self._update_watermark(pool, base, last)
+        await self._update_watermark(pool.name, layout, last)
         return True
 
     async def _renew(self, claim: Claim, executor: IndexerExecutor, lost: asyncio.Event) -> None:
@@ -213,42 +243,46 @@ class ChunkedRunner:
 
     # -- the job as a whole ---------------------------------------------------------------------
 
-    async def _chunk_count(self, base: int, last: int | None) -> int | None:
+    async def _chunk_count(self, layout: ChunkLayout, last: int | None) -> int:
         """How many chunks the job has: up to ``last``, or up to the feed's newest checkpoint
         plus one chunk to tail into when the job is open-ended."""
         if last is not None:
-            return (last - base) // self.chunk_size + 1
+            return layout.chunk_of(last) + 1 if last >= layout.first else 0
         source = self.source_factory()
         try:
             latest = await source.latest_sequence_number()
         finally:
             await source.close()
-        if latest is None or latest < base:
+        if latest is None or latest < layout.first:
             return 1
-        return (latest - base) // self.chunk_size + 2
+        return layout.chunk_of(latest) + 2
 
-    async def _all_done(self, base: int, last: int | None) -> bool:
+    async def _all_done(self, layouts: dict[str, ChunkLayout], last: int | None) -> bool:
         if last is None:
             return False
-        total = (last - base) // self.chunk_size + 1
-        for pool in self.pools:
-            if await self.claims.completed_prefix(pool.name) < total:
+        for name, layout in layouts.items():
+            if await self._watermark(name, layout, last) <= last:
                 return False
         return True
 
-    async def _update_watermark(
-        self, pool: WorkerPool[Any, Any], base: int, last: int | None
-    ) -> int:
-        """Raise the pipeline's watermark to its contiguous completed prefix: every done chunk
-        from the start, then the saved progress of the first chunk not done."""
-        prefix = await self.claims.completed_prefix(pool.name)
-        watermark = base + prefix * self.chunk_size
+    async def _watermark(self, pipeline: str, layout: ChunkLayout, last: int | None) -> int:
+        """The contiguous prefix of completed work: every done chunk from the first on, then
+        the saved progress of the first chunk not done (or the pipeline's own watermark when
+        that is higher, as after a run without chunks)."""
+        prefix = await self.claims.completed_prefix(pipeline)
+        watermark = layout.bounds(prefix)[0]
+        progress = await self.claims.progress(pipeline, prefix)
+        if progress is not None:
+            watermark = max(watermark, progress)
         if last is not None:
             watermark = min(watermark, last + 1)
-        rows = await self.claims.chunks(pool.name)
-        if prefix < len(rows) and rows[prefix].progress is not None:
-            watermark = max(watermark, rows[prefix].progress or 0)
-        return await self.progress_store.save(pool.name, watermark)
+        return max(watermark, await self.progress_store.load(pipeline) or 0)
+
+    async def _update_watermark(self, pipeline: str, layout: ChunkLayout, last: int | None) -> int:
+        """Raise the pipeline's saved watermark to its contiguous completed prefix."""
+        return await self.progress_store.save(
+            pipeline, await self._watermark(pipeline, layout, last)
+        )
 
     # -- signals --------------------------------------------------------------------------------
 

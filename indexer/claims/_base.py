@@ -69,6 +69,24 @@ class ChunkState(msgspec.Struct, frozen=True):
         return self.owner is not None and self.expires_at is not None and now < self.expires_at
 
 
+class ChunkLayout(msgspec.Struct, frozen=True):
+    """How a pipeline's range is cut: chunk ``n`` covers ``first + n * chunk_size`` on, for
+    ``chunk_size`` checkpoints. Fixed for a pipeline once recorded: other numbers would map the
+    stored chunk states onto other checkpoints."""
+
+    first: int
+    chunk_size: int
+
+    def bounds(self, chunk: int) -> tuple[int, int]:
+        """The first and the last checkpoint (inclusive) of ``chunk``."""
+        start = self.first + chunk * self.chunk_size
+        return start, start + self.chunk_size - 1
+
+    def chunk_of(self, checkpoint: int) -> int:
+        """The chunk that holds ``checkpoint`` (which must be >= ``first``)."""
+        return (checkpoint - self.first) // self.chunk_size
+
+
 class ClaimStore(ABC):
     """Leases on chunks, their fenced progress and their completion; see the module docstring.
 
@@ -146,6 +164,24 @@ class ClaimStore(ABC):
         at once; when the block raises, everything rolls back. This makes a sink in the same
         database exactly-once: a stale owner can never commit. Do not call the store inside it.
         """
+
+    @abstractmethod
+    async def adopt_layout(self, pipeline: str, layout: ChunkLayout) -> ChunkLayout:
+        """Record ``layout`` as the pipeline's when it has none yet; return the recorded one
+        (which differs from ``layout`` when another run recorded other numbers first)."""
+
+    @abstractmethod
+    async def layout(self, pipeline: str) -> ChunkLayout | None:
+        """The pipeline's recorded layout, or None when it was never chunked here."""
+
+    @abstractmethod
+    async def forget(self, pipeline: str) -> None:
+        """Delete the pipeline's layout and every chunk row (leases, progress, completion).
+        For a reset, while no process runs the pipeline."""
+
+    @abstractmethod
+    async def pipelines(self) -> list[str]:
+        """Every pipeline with a recorded layout, sorted."""
 
     @abstractmethod
     async def chunks(self, pipeline: str) -> list[ChunkState]:

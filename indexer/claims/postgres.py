@@ -14,6 +14,7 @@ from ..config import mask_dsn
 from ..errors import ProgressStoreError
 from ..progress.postgres import CONNECT_TIMEOUT, quote_ident, reason
 from ._base import (
+    ChunkLayout,
     ChunkState,
     Claim,
     ClaimStore,
@@ -62,7 +63,9 @@ class PostgresClaimStore(ClaimStore):
         if application_name is None and "application_name=" not in dsn:
             application_name = "indexer"
         self.application_name = application_name
-        self._table = t = f"{quote_ident(schema, 'claim store schema')}.indexer_claims"
+        qualified = quote_ident(schema, "claim store schema")
+        self._table = t = f"{qualified}.indexer_claims"
+        self._layouts = f"{qualified}.indexer_chunk_layouts"
         self._row = f"""SELECT owner, token, expires_at, done FROM {t}
                         WHERE pipeline = $1 AND chunk = $2 FOR UPDATE"""
         # $3 owner, $4 now, $5 new expiry. Takes the row only when it is free, expired or the
@@ -122,7 +125,8 @@ class PostgresClaimStore(ClaimStore):
 
     async def _create_table(self, conn: asyncpg.Connection) -> None:
         """Create what is missing (checking first, so a role without CREATE can still use it)."""
-        if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", self._table):
+        exists = "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL"
+        if await conn.fetchval(exists, self._table, self._layouts):
             return
         async with conn.transaction():
             await conn.execute(_DDL_LOCK)
@@ -136,6 +140,10 @@ class PostgresClaimStore(ClaimStore):
                 done BOOLEAN NOT NULL DEFAULT false,
                 progress BIGINT,
                 PRIMARY KEY (pipeline, chunk))""")
+            await conn.execute(f"""CREATE TABLE IF NOT EXISTS {self._layouts} (
+                pipeline TEXT PRIMARY KEY,
+                first_checkpoint BIGINT NOT NULL,
+                chunk_size BIGINT NOT NULL)""")
 
     async def close(self) -> None:
         """Close the pool; idempotent."""
@@ -257,6 +265,43 @@ class PostgresClaimStore(ClaimStore):
                     self._owners.discard(task)
             if next_checkpoint is not None:
                 await conn.execute(self._set_progress, claim.pipeline, claim.chunk, next_checkpoint)
+
+    async def adopt_layout(self, pipeline: str, layout: ChunkLayout) -> ChunkLayout:
+        """Record ``layout`` unless the pipeline has one; return the recorded one."""
+        insert = f"""INSERT INTO {self._layouts} (pipeline, first_checkpoint, chunk_size)
+                     VALUES ($1, $2, $3) ON CONFLICT (pipeline) DO NOTHING"""
+
+        async def adopt(conn: asyncpg.Connection) -> Any:
+            await conn.execute(insert, pipeline, layout.first, layout.chunk_size)
+            return await conn.fetchrow(self._layout_sql, pipeline)
+
+        row = await self._run("record the chunk layout", adopt)
+        return ChunkLayout(int(row[0]), int(row[1]))
+
+    async def layout(self, pipeline: str) -> ChunkLayout | None:
+        """The pipeline's recorded layout, or None."""
+        sql = self._layout_sql
+        row = await self._run("read the chunk layout", lambda c: c.fetchrow(sql, pipeline))
+        return None if row is None else ChunkLayout(int(row[0]), int(row[1]))
+
+    async def forget(self, pipeline: str) -> None:
+        """Delete the pipeline's layout and chunk rows."""
+
+        async def forget(conn: asyncpg.Connection) -> None:
+            async with conn.transaction():
+                for table in (self._table, self._layouts):
+                    await conn.execute(f"DELETE FROM {table} WHERE pipeline = $1", pipeline)
+
+        await self._run("forget chunks", forget)
+
+    async def pipelines(self) -> list[str]:
+        """Every pipeline with a recorded layout, sorted."""
+        sql = f"SELECT pipeline FROM {self._layouts} ORDER BY pipeline"
+        return [row[0] for row in await self._run("list chunked pipelines", lambda c: c.fetch(sql))]
+
+    @property
+    def _layout_sql(self) -> str:
+        return f"SELECT first_checkpoint, chunk_size FROM {self._layouts} WHERE pipeline = $1"
 
     async def chunks(self, pipeline: str) -> list[ChunkState]:
         """Every chunk row of the pipeline in chunk order."""

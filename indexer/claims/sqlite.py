@@ -13,9 +13,10 @@ from typing import Any
 
 import aiosqlite
 
+from .._sqlite import connect, fetch, reason, rollback
 from ..errors import ProgressStoreError
-from ..progress.sqlite import _connect, _rollback
 from ._base import (
+    ChunkLayout,
     ChunkState,
     Claim,
     ClaimStore,
@@ -39,6 +40,11 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS indexer_claims (
     progress INTEGER,
     PRIMARY KEY (pipeline, chunk)
 )"""
+_LAYOUT_SCHEMA = """CREATE TABLE IF NOT EXISTS indexer_chunk_layouts (
+    pipeline TEXT PRIMARY KEY,
+    first_checkpoint INTEGER NOT NULL,
+    chunk_size INTEGER NOT NULL
+)"""
 
 _ROW = "SELECT owner, token, expires_at, done FROM indexer_claims WHERE pipeline = ? AND chunk = ?"
 _UPSERT = """
@@ -57,6 +63,7 @@ _ENSURE = """
     WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?)
     SELECT ?, i FROM n
 """
+_LAYOUT = "SELECT first_checkpoint, chunk_size FROM indexer_chunk_layouts WHERE pipeline = ?"
 _SET_PROGRESS = "UPDATE indexer_claims SET progress = ? WHERE pipeline = ? AND chunk = ?"
 # Done chunks counted while their number equals their rank: the gap-free prefix from 0.
 _PREFIX = """
@@ -102,16 +109,14 @@ class SqliteClaimStore(ClaimStore):
             conn: aiosqlite.Connection | None = None
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                conn = await _connect(self.path)
-                await _fetch(conn, f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-                await _fetch(conn, "PRAGMA journal_mode=WAL")
-                await _fetch(conn, "PRAGMA synchronous=FULL")
-                await _fetch(conn, _SCHEMA)
+                conn = await connect(self.path, busy_timeout=self.busy_timeout)
+                await fetch(conn, _SCHEMA)
+                await fetch(conn, _LAYOUT_SCHEMA)
             except (OSError, sqlite3.Error) as exc:
                 if conn is not None:
                     await conn.close()
                 raise ProgressStoreError(
-                    f"{self.path}: cannot open claim database: {_reason(exc)}"
+                    f"{self.path}: cannot open claim database: {reason(exc)}"
                 ) from exc
             self._conn = conn
 
@@ -213,6 +218,33 @@ class SqliteClaimStore(ClaimStore):
                 params = (next_checkpoint, claim.pipeline, claim.chunk)
                 await self._sql(conn, "save progress", _SET_PROGRESS, params)
 
+    async def adopt_layout(self, pipeline: str, layout: ChunkLayout) -> ChunkLayout:
+        """Record ``layout`` unless the pipeline has one; return the recorded one."""
+        insert = """INSERT OR IGNORE INTO indexer_chunk_layouts
+                    (pipeline, first_checkpoint, chunk_size) VALUES (?, ?, ?)"""
+        async with self._immediate("record the chunk layout") as conn:
+            params = (pipeline, layout.first, layout.chunk_size)
+            await self._sql(conn, "record the chunk layout", insert, params)
+            rows = await self._sql(conn, "record the chunk layout", _LAYOUT, (pipeline,))
+        return ChunkLayout(*rows[0])
+
+    async def layout(self, pipeline: str) -> ChunkLayout | None:
+        """The pipeline's recorded layout, or None."""
+        rows = await self._query("read the chunk layout", _LAYOUT, (pipeline,))
+        return ChunkLayout(*rows[0]) if rows else None
+
+    async def forget(self, pipeline: str) -> None:
+        """Delete the pipeline's layout and chunk rows."""
+        async with self._immediate("forget chunks") as conn:
+            for table in ("indexer_claims", "indexer_chunk_layouts"):
+                sql = f"DELETE FROM {table} WHERE pipeline = ?"
+                await self._sql(conn, "forget chunks", sql, (pipeline,))
+
+    async def pipelines(self) -> list[str]:
+        """Every pipeline with a recorded layout, sorted."""
+        sql = "SELECT pipeline FROM indexer_chunk_layouts ORDER BY pipeline"
+        return [row[0] for row in await self._query("list chunked pipelines", sql)]
+
     async def chunks(self, pipeline: str) -> list[ChunkState]:
         """Every chunk row of the pipeline in chunk order."""
         sql = """SELECT chunk, owner, token, expires_at, done, progress FROM indexer_claims
@@ -257,7 +289,7 @@ class SqliteClaimStore(ClaimStore):
                 yield conn
                 await self._sql(conn, action, "COMMIT")
             except BaseException:
-                await _rollback(conn)
+                await rollback(conn)
                 raise
 
     def _refuse_reentry(self) -> None:
@@ -277,16 +309,6 @@ class SqliteClaimStore(ClaimStore):
     ) -> list[Any]:
         """Run one statement, turning SQLite errors into a one-line ProgressStoreError."""
         try:
-            return await _fetch(conn, sql, params)
+            return await fetch(conn, sql, params)
         except sqlite3.Error as exc:
-            raise ProgressStoreError(f"{self.path}: cannot {action}: {_reason(exc)}") from exc
-
-
-async def _fetch(conn: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()) -> list[Any]:
-    """Execute one statement and fetch its rows (closing the cursor)."""
-    return list(await conn.execute_fetchall(sql, params))
-
-
-def _reason(exc: BaseException) -> str:
-    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    return " ".join(text.split()) or type(exc).__name__
+            raise ProgressStoreError(f"{self.path}: cannot {action}: {reason(exc)}") from exc

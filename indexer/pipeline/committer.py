@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from ..claims import ClaimLost, ClaimNotFound
-from ..errors import PipelineHalted
+from ..errors import ConfigurationError, PipelineHalted
 from ..metrics import PipelineStats
 from ..progress import ProgressStore, TransactionalProgressStore, base_store
 from ..reducer import Reducer
@@ -229,6 +229,8 @@ class Committer:
                 return time.perf_counter() - started
             except (ClaimLost, ClaimNotFound) as exc:  # fenced out: retrying cannot help
                 raise PipelineHalted(self.pipeline, f"{what} refused: {exc}") from exc
+            except ConfigurationError as exc:  # a wrong setting stays wrong: do not retry
+                raise PipelineHalted(self.pipeline, f"{what} failed: {exc}") from exc
             except Exception as exc:
                 attempts += 1
                 if policy is not _SAVE_RETRY:

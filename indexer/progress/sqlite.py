@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -15,6 +13,7 @@ from typing import Any
 
 import aiosqlite
 
+from .._sqlite import connect, fetch, reason, rollback
 from ..errors import ProgressStoreError
 from ._base import DeadLetter, TransactionalProgressStore
 
@@ -80,16 +79,14 @@ class SqliteProgressStore(TransactionalProgressStore):
             conn: aiosqlite.Connection | None = None
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                conn = await _connect(self.path)
-                await _run(conn, "PRAGMA journal_mode=WAL")
-                await _run(conn, "PRAGMA synchronous=FULL")
+                conn = await connect(self.path)
                 for statement in _SCHEMA:
-                    await _run(conn, statement)
+                    await fetch(conn, statement)
             except (OSError, sqlite3.Error) as exc:
                 if conn is not None:
                     await conn.close()
                 raise ProgressStoreError(
-                    f"{self.path}: cannot open progress database: {_reason(exc)}"
+                    f"{self.path}: cannot open progress database: {reason(exc)}"
                 ) from exc
             self._conn = conn
             await super().open()
@@ -157,7 +154,7 @@ class SqliteProgressStore(TransactionalProgressStore):
                 await _checked(self, "save in a transaction", conn, _RAISE, params)
                 await _checked(self, "commit", conn, "COMMIT")
             except BaseException:
-                await _rollback(conn)
+                await rollback(conn)
                 raise
 
     @asynccontextmanager
@@ -187,28 +184,6 @@ class SqliteProgressStore(TransactionalProgressStore):
             return await _checked(self, action, conn, sql, params)
 
 
-async def _connect(path: Path) -> aiosqlite.Connection:
-    """Connect in autocommit mode (the store issues BEGIN itself).
-
-    When sqlite3 cannot open the file, aiosqlite stops its worker thread without waiting for it;
-    the thread then reports to the event loop, which may be closed by then ("Event loop is
-    closed" from a thread). Joining the thread on failure avoids that.
-    """
-    conn = aiosqlite.connect(path, isolation_level=None)
-    try:
-        return await conn
-    except BaseException:
-        worker = getattr(conn, "_thread", None)
-        if isinstance(worker, threading.Thread) and worker.is_alive():
-            worker.join(timeout=5)  # it only has its stop sentinel left to run
-        raise
-
-
-async def _run(conn: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()) -> list[Any]:
-    """Execute one statement and fetch its rows (closing the cursor)."""
-    return list(await conn.execute_fetchall(sql, params))
-
-
 async def _checked(
     store: SqliteProgressStore,
     action: str,
@@ -218,21 +193,6 @@ async def _checked(
 ) -> list[Any]:
     """Run a statement of the store's own, turning SQLite errors into ProgressStoreError."""
     try:
-        return await _run(conn, sql, params)
+        return await fetch(conn, sql, params)
     except sqlite3.Error as exc:
-        raise ProgressStoreError(f"{store.path}: cannot {action}: {_reason(exc)}") from exc
-
-
-async def _rollback(conn: aiosqlite.Connection) -> None:
-    """Roll back whatever is open; shielded so that a cancelled transaction still ends.
-
-    Statements run in order on aiosqlite's thread, so this also undoes a BEGIN that was still
-    queued when the caller was cancelled. A rollback outside a transaction does nothing.
-    """
-    with contextlib.suppress(sqlite3.Error, ValueError):  # ValueError: connection closed
-        await asyncio.shield(conn.rollback())
-
-
-def _reason(exc: BaseException) -> str:
-    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    return " ".join(text.split()) or type(exc).__name__
+        raise ProgressStoreError(f"{store.path}: cannot {action}: {reason(exc)}") from exc

@@ -1,0 +1,184 @@
+"""What ``indexer status`` and ``indexer reset`` do: read (or lower) a job's saved state.
+
+A status report holds, per pipeline, the watermark, the feed's newest checkpoint, the lag and
+the dead letters; for a pipeline cut into chunks (scale-out) also its chunk layout and every
+chunk not yet done, with its owner, lease expiry and saved progress.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+from .app import build_claim_store, build_source, build_store, store_exists
+from .claims import ChunkLayout, ChunkState, ClaimStore
+from .config import POSTGRES_SCHEMES, Config, mask_dsn
+from .errors import ConfigurationError
+
+__all__ = ["render_status", "reset_pipeline", "status_report"]
+
+#: Chunks listed per pipeline in the table (the JSON report lists all of them).
+SHOWN_CHUNKS = 20
+
+
+def _claims(config: Config) -> ClaimStore | None:
+    """The claim store in the progress store's database, when that kind of store has one."""
+    if config.progress.store.startswith(("sqlite:", *POSTGRES_SCHEMES)):
+        return build_claim_store(config)
+    return None
+
+
+async def status_report(config: Config, now: float | None = None) -> dict[str, Any]:
+    """The report ``indexer status --json`` prints; read-only for a store that does not exist."""
+    store = build_store(config)
+    exists = store_exists(config)
+    claims = _claims(config) if exists else None
+    source = build_source(config)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(source.close)
+        if exists:  # a read-only look must not create a store (a typo would look fresh)
+            await stack.enter_async_context(store)
+        if claims is not None:
+            await stack.enter_async_context(claims)
+        saved = await store.watermarks() if exists else {}
+        chunked = await claims.pipelines() if claims is not None else []
+        names = list(dict.fromkeys([*config.pipelines, *saved, *chunked]))
+        latest = await source.latest_sequence_number()
+        rows = []
+        for name in names:
+            watermark = saved.get(name)
+            dead = await store.dead_letters(name) if exists else []
+            row: dict[str, Any] = {
+                "pipeline": name,
+                "watermark": watermark,
+                "feed_latest": latest,
+                "lag": None if latest is None else max(0, latest + 1 - (watermark or 0)),
+                "dead_letters": [d.sequence_number for d in dead],
+            }
+            if claims is not None and name in chunked:
+                layout = await claims.layout(name)
+                assert layout is not None
+                chunks = await claims.chunks(name)
+                row["chunks"] = _chunk_report(layout, chunks, time.time() if now is None else now)
+            rows.append(row)
+    return {"store": mask_dsn(config.progress.store), "store_exists": exists, "pipelines": rows}
+
+
+def _chunk_report(layout: ChunkLayout, chunks: list[ChunkState], now: float) -> dict[str, Any]:
+    pending = []
+    for state in chunks:
+        if state.done:
+            continue
+        first, last = layout.bounds(state.chunk)
+        held = state.held(now)
+        pending.append(
+            {
+                "chunk": state.chunk,
+                "checkpoints": [first, last],
+                "owner": state.owner if held else None,
+                "lease_expires_in": round(state.expires_at - now, 3)
+                if held and state.expires_at is not None
+                else None,
+                "progress": state.progress,
+            }
+        )
+    return {
+        "first": layout.first,
+        "chunk_size": layout.chunk_size,
+        "total": len(chunks),
+        "done": sum(state.done for state in chunks),
+        "held": sum(state.held(now) for state in chunks),
+        "pending": pending,
+    }
+
+
+def render_status(report: dict[str, Any]) -> None:
+    """The report as tables on the terminal: the pipelines, then each one's pending chunks."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    missing = "" if report["store_exists"] else " (does not exist yet)"
+    table = Table(title=f"progress store {report['store']}{missing}")
+    chunked = [row for row in report["pipelines"] if "chunks" in row]
+    columns = ["pipeline", "watermark", "feed latest", "lag", "dead letters"]
+    columns += ["chunks done", "held"] if chunked else []
+    for column in columns:
+        table.add_column(column, justify="left" if column == "pipeline" else "right")
+    for row in report["pipelines"]:
+        dead = row["dead_letters"]
+        cells = [
+            row["pipeline"],
+            _cell(row["watermark"]),
+            _cell(row["feed_latest"]),
+            _cell(row["lag"]),
+            str(len(dead)) + (f" ({', '.join(map(str, dead[:5]))}…)" if dead else ""),
+        ]
+        if chunked:
+            chunks = row.get("chunks")
+            cells += (
+                [f"{chunks['done']}/{chunks['total']}", str(chunks["held"])]
+                if chunks
+                else ["-", "-"]
+            )
+        table.add_row(*cells)
+    console.print(table)
+    for row in chunked:
+        chunks = row["chunks"]
+        pending = chunks["pending"]
+        if not pending:
+            continue
+        detail = Table(
+            title=f"{row['pipeline']}: chunks of {chunks['chunk_size']} from {chunks['first']}, "
+            f"{len(pending)} not done"
+        )
+        for column in ("chunk", "checkpoints", "owner", "lease expires in", "progress"):
+            detail.add_column(column, justify="left" if column == "owner" else "right")
+        for chunk in pending[:SHOWN_CHUNKS]:
+            first, last = chunk["checkpoints"]
+            expires = chunk["lease_expires_in"]
+            detail.add_row(
+                str(chunk["chunk"]),
+                f"{first}..{last}",
+                chunk["owner"] or "-",
+                "-" if expires is None else f"{expires:.1f}s",
+                _cell(chunk["progress"]),
+            )
+        if len(pending) > SHOWN_CHUNKS:
+            detail.caption = f"… and {len(pending) - SHOWN_CHUNKS} more (--json lists all)"
+        console.print(detail)
+
+
+def _cell(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+async def reset_pipeline(
+    config: Config, pipeline: str, to: int, force: bool
+) -> tuple[int | None, int]:
+    """Set ``pipeline``'s watermark to ``to`` (with ``force``) and drop its chunk claims, so that
+    a scaled-out run re-cuts the range from the new watermark. Returns the watermark before and
+    the number of chunk rows dropped (or that would be). Refuses while a lease is live."""
+    if not force and not store_exists(config):
+        return None, 0
+    claims = _claims(config)
+    async with contextlib.AsyncExitStack() as stack:
+        progress = await stack.enter_async_context(build_store(config))
+        current = await progress.load(pipeline)
+        chunks: list[ChunkState] = []
+        if claims is not None:
+            await stack.enter_async_context(claims)
+            chunks = await claims.chunks(pipeline)
+            now = claims.clock()
+            held = [state for state in chunks if state.held(now)]
+            if held:
+                raise ConfigurationError(
+                    f"pipeline {pipeline!r} is running: chunk {held[0].chunk} is leased to "
+                    f"{held[0].owner!r}; stop every process of the job before a reset"
+                )
+        if force:
+            await progress.reset(pipeline, to)
+            if claims is not None:
+                await claims.forget(pipeline)
+    return current, len(chunks)
