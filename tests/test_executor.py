@@ -20,7 +20,7 @@ from indexer import (
 )
 from indexer.progress import FileProgressStore, MemoryProgressStore, SqliteProgressStore
 from indexer.sources import MemorySource, SyntheticSource
-from indexer.testing import RecordingReducer, make_checkpoints
+from indexer.testing import RecordingReducer, make_checkpoints, run_worker
 
 
 class Seen(Worker[Checkpoint, int]):
@@ -203,3 +203,24 @@ async def test_restarts_after_crashes_commit_every_checkpoint_exactly_once(
     with sqlite3.connect(path) as db:
         rows = [n for (n,) in db.execute("SELECT checkpoint FROM rows ORDER BY checkpoint")]
     assert rows == list(range(total))  # none missing, none twice
+
+
+class MisconfiguredReducer(RecordingReducer[Any]):
+    """Finds out at its first commit that a setting is wrong (a table that does not fit)."""
+
+    def __init__(self) -> None:
+        super().__init__(max_batch_size=5)
+        self.attempts = 0
+
+    async def commit(self, batch: list[Any]) -> None:
+        self.attempts += 1
+        raise ConfigurationError("table 'rows' has no column 'digest'")
+
+
+async def test_a_configuration_error_in_commit_halts_without_retrying() -> None:
+    reducer = MisconfiguredReducer()
+    store = MemoryProgressStore()
+    with pytest.raises(ConfigurationError, match=r"'p'.*no column 'digest'"):
+        await run_worker(Seen("p"), make_checkpoints(20), reducer=reducer, store=store)
+    assert reducer.attempts == 1
+    assert await store.load("p") in (None, 0)
