@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import structlog
 
 from .app import build_claim_store, build_executor, build_source, build_store
@@ -23,18 +25,33 @@ __all__ = ["run_indexer"]
 def run_indexer(config: Config) -> str:
     """Run the configured pipelines until done or stopped; returns a one-line summary."""
     if config.scale.processes > 1:
-        from .chunked.processes import run_processes
+        return _run_processes(config)
+    return _run_here(config)
 
-        started = time.perf_counter()
-        failed = run_processes(config)
-        if failed:
-            raise IndexerError(f"{failed} of {config.scale.processes} worker processes failed")
-        watermarks = asyncio.run(_saved_watermarks(config))
-        marks = ", ".join(f"{name}={mark}" for name, mark in watermarks.items())
-        return (
-            f"{config.scale.processes} processes done in {time.perf_counter() - started:.1f}s; "
-            f"watermarks: {marks}"
-        )
+
+def _run_processes(config: Config) -> str:
+    """``--processes N``: this process and N-1 children share the job through the claims."""
+    from .chunked.processes import run_processes
+
+    scale = msgspec.structs.replace(
+        config.scale, processes=1, claims=config.scale.claims or config.progress.store
+    )
+    share = msgspec.structs.replace(config, scale=scale)
+    started = time.perf_counter()
+    failed = run_processes(config, lambda forward: _run_here(share, on_signal=forward))
+    if failed:
+        raise IndexerError(f"{failed} of {config.scale.processes - 1} child processes failed")
+    watermarks = asyncio.run(_saved_watermarks(config))
+    marks = ", ".join(f"{name}={mark}" for name, mark in watermarks.items())
+    return (
+        f"{config.scale.processes} processes done in {time.perf_counter() - started:.1f}s; "
+        f"watermarks: {marks}"
+    )
+
+
+def _run_here(config: Config, on_signal: Callable[[int], None] | None = None) -> str:
+    """Run in this process (a chunked share of the job when claims are set); ``on_signal`` is
+    told of every stop signal this process gets."""
     executor = build_executor(config)
     executor.timing = config.metrics.enabled
     server = None
@@ -50,7 +67,7 @@ def run_indexer(config: Config) -> str:
     started = time.perf_counter()
     try:
         if config.scale.chunked:
-            watermarks = asyncio.run(_run_chunked(executor, config))
+            watermarks = asyncio.run(_run_chunked(executor, config, on_signal))
         else:
             watermarks = asyncio.run(_run(executor, build_source(config), config))
         elapsed = time.perf_counter() - started
@@ -72,7 +89,9 @@ async def _saved_watermarks(config: Config) -> dict[str, int]:
     return {name: saved.get(name, 0) for name in selected}
 
 
-async def _run_chunked(executor: IndexerExecutor, config: Config) -> dict[str, int]:
+async def _run_chunked(
+    executor: IndexerExecutor, config: Config, on_signal: Callable[[int], None] | None
+) -> dict[str, int]:
     """This process's share of a chunked job (the executor only carries the pools)."""
     from .chunked import ChunkedRunner
 
@@ -84,6 +103,7 @@ async def _run_chunked(executor: IndexerExecutor, config: Config) -> dict[str, i
         chunk_size=config.scale.chunk_size,
         lease_ttl=config.scale.lease_ttl,
         timing=executor.timing,
+        on_signal=on_signal,
     )
     return await runner.run(config.run.first_checkpoint, config.run.last_checkpoint)
 

@@ -40,11 +40,12 @@ def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     document = json.loads(done.stdout)
     results = {r["scenario"]: r for r in document["results"]}
-    expected = {"dispatch", "feed", "io-bound", "reducer-sqlite", "memory"}
+    expected = {"dispatch", "feed", "io-bound", "reducer-sqlite", "memory", "scale-out"}
     if dsn:
         expected.add("reducer-postgres")
     assert set(results) == expected
     assert {name.split("-")[0] for name in results} >= {n.split("-")[0] for n in SCENARIOS}
+    assert results["scale-out"]["details"]["bare_two_process_speedup"] > 0
     for result in results.values():
         assert result["figure"] > 0 and result["reference"] > 0, result
         assert result["ratio"] == pytest.approx(result["figure"] / result["reference"], rel=0.01)

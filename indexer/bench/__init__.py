@@ -47,6 +47,12 @@ def _memory(quick: bool, options: dict[str, Any]) -> list[Result]:
     return memory.run(quick)
 
 
+def _scaleout(quick: bool, options: dict[str, Any]) -> list[Result]:
+    from . import scaleout
+
+    return scaleout.run(quick)
+
+
 #: Scenario name -> runner(quick, options) -> results, in the order they run.
 SCENARIOS: dict[str, Callable[[bool, dict[str, Any]], list[Result]]] = {
     "dispatch": _dispatch,
@@ -54,6 +60,7 @@ SCENARIOS: dict[str, Callable[[bool, dict[str, Any]], list[Result]]] = {
     "io-bound": _iobound,
     "reducer": _reducer,
     "memory": _memory,
+    "scale-out": _scaleout,
 }
 
 

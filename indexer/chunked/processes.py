@@ -1,9 +1,10 @@
 """``indexer run --processes N``: N worker processes on one machine sharing one claim store.
 
-The parent writes the effective config to a private file, starts N children (``indexer run``
-with ``--processes 1`` and the claim store set), each in its own session so that a Ctrl+C on
-the terminal reaches only the parent, and forwards each stop signal it gets to every child. A
-child that dies is not restarted: the others take its chunk over when its lease expires.
+The parent is worker 0: it writes the effective config to a private file, starts N-1 children
+(``indexer run`` with ``--processes 1`` and the claim store set), each in its own session so
+that a Ctrl+C on the terminal reaches only the parent, runs its own share of the job, and
+forwards each stop signal it gets to every child. A child that dies is not restarted: the
+others take its chunk over when its lease expires.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import msgspec
@@ -64,23 +65,28 @@ def child_command(config: Config, config_file: Path, index: int) -> list[str]:
     return command
 
 
-def run_processes(config: Config) -> int:
-    """Run ``config.scale.processes`` children to the end; returns how many failed."""
+def run_processes(config: Config, run_share: Callable[[Callable[[int], None]], Any]) -> int:
+    """Start ``config.scale.processes - 1`` children, run this process's share with
+    ``run_share(forward)`` (``forward(signum)`` passes a stop signal on to the children), then
+    wait for the children; returns how many of them failed."""
     count = config.scale.processes
     with tempfile.TemporaryDirectory(prefix="indexer-run-") as directory:
         config_file = _config_file(config, directory)
         os.chmod(config_file, 0o600)  # it may hold a DSN with a password
         children: list[subprocess.Popen[bytes]] = []
 
-        def forward(signum: int, frame: FrameType | None) -> None:
+        def forward(signum: int) -> None:
             for child in children:
                 if child.poll() is None:
                     child.send_signal(signum)
 
-        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {
+            s: signal.signal(s, lambda signum, frame: forward(signum))
+            for s in (signal.SIGINT, signal.SIGTERM)
+        }
         try:
             env = {**os.environ, "INDEXER_PROCESS_INDEX": ""}
-            for index in range(count):
+            for index in range(1, count):
                 env["INDEXER_PROCESS_INDEX"] = str(index)
                 children.append(
                     subprocess.Popen(
@@ -88,6 +94,7 @@ def run_processes(config: Config) -> int:
                     )
                 )
             log.info("started worker processes", processes=count, pids=[c.pid for c in children])
+            run_share(forward)
             codes = [child.wait() for child in children]
         finally:
             for child in children:  # the parent itself failed: take the children down with it

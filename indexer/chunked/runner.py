@@ -44,7 +44,9 @@ def default_owner() -> str:
 class ChunkedRunner:
     """Runs ``pools`` chunk by chunk under leases from ``claims``; see the module docstring.
 
-    ``source_factory`` makes a fresh source for each chunk. Pipelines are claimed and run one
+    ``source_factory`` makes the source, once per ``run``, read again from each chunk's start
+    (sources are restartable); ``on_signal`` is told of every stop signal the runner gets (the
+    parent of ``--processes N`` passes them on to its children). Pipelines are claimed and run one
     chunk at a time each (they do not share a reader in this mode). ``run`` returns each
     pipeline's watermark as the store holds it at the end.
     """
@@ -62,6 +64,7 @@ class ChunkedRunner:
         poll_interval: float | None = None,
         handle_signals: bool = True,
         timing: bool = True,
+        on_signal: Callable[[int], None] | None = None,
     ) -> None:
         if chunk_size < 1:
             raise ConfigurationError(f"chunk_size must be at least 1, got {chunk_size}")
@@ -78,15 +81,20 @@ class ChunkedRunner:
         self.owner = owner or default_owner()
         self.heartbeat = min(lease_ttl / 4, 15.0)
         self.poll_interval = (
-            poll_interval if poll_interval is not None else min(self.heartbeat, 1.0)
+            poll_interval if poll_interval is not None else min(self.heartbeat, 0.1)
         )
         self.handle_signals = handle_signals
         self.timing = timing
+        self.on_signal = on_signal
         self.chunks_done = 0
         self.chunks_abandoned = 0
         self._stop = asyncio.Event()
         self._signals = 0
         self._current: IndexerExecutor | None = None
+        self._ensured: dict[str, int] = {}
+        self._shared_source: CheckpointSource | None = (
+            None  # chunk rows known to exist, per pipeline
+        )
         self._main: asyncio.Task[Any] | None = None
 
     def request_stop(self) -> None:
@@ -128,6 +136,9 @@ class ChunkedRunner:
             raise
         finally:
             self._main = None
+            if self._shared_source is not None:
+                source, self._shared_source = self._shared_source, None
+                await source.close()
             await self.claims.close()
             await self.progress_store.close()
 
@@ -148,6 +159,11 @@ class ChunkedRunner:
             )
         return layout
 
+    def _source(self) -> CheckpointSource:
+        if self._shared_source is None:
+            self._shared_source = self.source_factory()
+        return self._shared_source
+
     # -- one chunk ----------------------------------------------------------------------------
 
     async def _step(
@@ -157,7 +173,11 @@ class ChunkedRunner:
         total = await self._chunk_count(layout, last)
         if total <= 0:
             return False
-        await self.claims.ensure_chunks(pool.name, total)
+        if total > self._ensured.get(pool.name, 0):
+            await self.claims.ensure_chunks(pool.name, total)
+            self._ensured[pool.name] = total
+        if not await self.claims.find_available(pool.name, 1, range(0, total)):
+            return False  # a read, so that idle processes polling take no write lock
         claim = await self.claims.claim_next(pool.name, self.owner, self.lease_ttl, range(0, total))
         if claim is None:
             return False
@@ -188,7 +208,7 @@ class ChunkedRunner:
         executor.register(pool)
         lost = asyncio.Event()
         heartbeat = asyncio.create_task(self._renew(claim, executor, lost), name="heartbeat")
-        source = self.source_factory()
+        source = self._source()
         self._current = executor
         try:
             marks = await executor.run(source, first_checkpoint=start, last_checkpoint=end)
@@ -203,7 +223,6 @@ class ChunkedRunner:
             self._current = None
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
-            await source.close()
         if lost.is_set():
             self.chunks_abandoned += 1
             return True
@@ -248,11 +267,7 @@ class ChunkedRunner:
         plus one chunk to tail into when the job is open-ended."""
         if last is not None:
             return layout.chunk_of(last) + 1 if last >= layout.first else 0
-        source = self.source_factory()
-        try:
-            latest = await source.latest_sequence_number()
-        finally:
-            await source.close()
+        latest = await self._source().latest_sequence_number()
         if latest is None or latest < layout.first:
             return 1
         return layout.chunk_of(latest) + 2
@@ -287,6 +302,8 @@ class ChunkedRunner:
     # -- signals --------------------------------------------------------------------------------
 
     def _on_signal(self, signum: int) -> None:
+        if self.on_signal is not None:
+            self.on_signal(signum)
         self._signals += 1
         if self._signals == 1:
             log.info("stopping: finishing the chunk in hand (signal again to abort)", signal=signum)
