@@ -68,6 +68,10 @@ class Reducer(Generic[MessageT]):
     async def close(self) -> None:
         """Release connections or files; called once when the pipeline ends."""
 
+    def check_store(self, store: Any) -> None:
+        """Raise ConfigurationError when this reducer cannot work with the progress ``store``;
+        called when the pipeline starts, so that a wrong pairing fails before any work."""
+
     def uses_store_transaction(self, store: Any) -> bool:
         """True when batches go through ``commit_in_transaction`` inside the progress store's
         transaction (exactly-once); False for ``commit`` followed by a watermark save."""

@@ -47,6 +47,13 @@ class CounterSink(Reducer[Counts]):
             f"ON CONFLICT (dimension, key) DO UPDATE SET count = {table}.count + excluded.count"
         )
 
+    def check_store(self, store: Any) -> None:
+        if self.path is None and not self.uses_store_transaction(store):
+            raise ConfigurationError(
+                f"CounterSink {self.table!r}: no path is set and the progress store "
+                f"({type(store).__name__}) is not SQLite; set path or use a SQLite store"
+            )
+
     def uses_store_transaction(self, store: Any) -> bool:
         if not isinstance(store, SqliteProgressStore):
             return False

@@ -82,6 +82,13 @@ class PostgresSink(Reducer[Sequence[Row]]):
                 f"FROM {self._stage} ORDER BY {keys}, ctid DESC ON CONFLICT ({keys}) {action}"
             )
 
+    def check_store(self, store: Any) -> None:
+        if self.dsn is None and not self.uses_store_transaction(store):
+            raise ConfigurationError(
+                f"PostgresSink {self.table!r}: no dsn is set and the progress store "
+                f"({type(store).__name__}) is not PostgreSQL; set dsn or use a PostgreSQL store"
+            )
+
     def uses_store_transaction(self, store: Any) -> bool:
         if not isinstance(store, PostgresProgressStore):
             return False

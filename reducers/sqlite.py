@@ -56,6 +56,13 @@ class SqliteSink(Reducer[Sequence[Row]]):
             action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
             self._insert += f" ON CONFLICT ({', '.join(self.key)}) {action}"
 
+    def check_store(self, store: Any) -> None:
+        if self.path is None and not self.uses_store_transaction(store):
+            raise ConfigurationError(
+                f"SqliteSink {self.table!r}: no path is set and the progress store "
+                f"({type(store).__name__}) is not SQLite; set path or use a SQLite store"
+            )
+
     def uses_store_transaction(self, store: Any) -> bool:
         if not isinstance(store, SqliteProgressStore):
             return False

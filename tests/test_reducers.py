@@ -23,6 +23,7 @@ from reducers import (
     ArchiveSink,
     CounterSink,
     JsonlSink,
+    PostgresSink,
     SqliteSink,
     read_archive,
     rotated_files,
@@ -432,3 +433,27 @@ async def test_jsonl_drops_a_torn_line_on_reopen(tmp_path: Path) -> None:
     assert path.read_bytes() == b'{"x":1,"label":"a"}\n{"x":2,"label":"b"}\n'
     with pytest.raises(ConfigurationError):
         JsonlSink(str(path), max_file_bytes=0)
+
+
+@pytest.mark.parametrize(
+    ("make", "store_kind"),
+    [
+        (lambda: SqliteSink("t", {"checkpoint": "INTEGER"}), "SQLite"),
+        (lambda: CounterSink(), "SQLite"),
+        (lambda: PostgresSink("t", {"checkpoint": "BIGINT"}), "PostgreSQL"),
+    ],
+)
+async def test_a_sink_without_its_database_is_refused_before_any_work(
+    make: Any, store_kind: str, tmp_path: Path
+) -> None:
+    calls: list[int] = []
+
+    class Counting(TransactionExtractor):
+        async def process_checkpoint(self, checkpoint: Checkpoint) -> Any:
+            calls.append(checkpoint.sequence_number)
+            return await super().process_checkpoint(checkpoint)
+
+    source = SyntheticSource(seed=1)
+    with pytest.raises(ConfigurationError, match=f"no .* is set.*is not {store_kind}"):
+        await run_worker(Counting(), [source.checkpoint_at(n) for n in range(5)], reducer=make())
+    assert calls == []  # refused at start-up, not at the first commit

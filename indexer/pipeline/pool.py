@@ -109,6 +109,8 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
         on_halt: Callable[[WorkerPool[Any, Any]], None],
         timed: bool = True,
     ) -> None:
+        if self.reducer is not None:
+            self.reducer.check_store(base_store(store))
         if (
             self.reducer is not None
             and self.reducer.uses_store_transaction(base_store(store))
