@@ -7,13 +7,16 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-__all__ = ["connect", "fetch", "reason", "rollback"]
+from .errors import ProgressStoreError
+
+__all__ = ["SharedConnection", "connect", "fetch", "reason", "rollback"]
 
 
 async def connect(path: Path, *, busy_timeout: float = 30.0) -> aiosqlite.Connection:
@@ -72,3 +75,96 @@ def reason(exc: BaseException) -> str:
     """An error's message on one line (the OS's words for an OSError)."""
     text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     return " ".join(text.split()) or type(exc).__name__
+
+
+class SharedConnection:
+    """The one connection a store's users share: opened lazily (directory, WAL, ``schema``),
+    an asyncio lock keeping its users from interleaving, and a fail-fast error instead of a
+    deadlock when a task calls the store from inside its own transaction.
+
+    ``what`` names the database in errors ("progress database"); ``reentry`` is the error a
+    re-entering call raises; ``opener`` is what a lazy open calls (the store's own ``open``,
+    so that the store knows it is open), ``open`` by default.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        what: str,
+        reentry: str,
+        schema: Iterable[str],
+        busy_timeout: float = 30.0,
+        opener: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.path = path
+        self._opener = opener or self.open
+        self.what = what
+        self.reentry = reentry
+        self.schema = list(schema)
+        self.busy_timeout = busy_timeout
+        self._conn: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()  # serialises all use of the one connection
+        self._open_lock = asyncio.Lock()
+        self._owner: asyncio.Task[Any] | None = None  # the task holding ``_lock``
+
+    async def open(self) -> None:
+        """Connect, create the parent directory and the schema; idempotent."""
+        async with self._open_lock:
+            if self._conn is not None:
+                return
+            conn: aiosqlite.Connection | None = None
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = await connect(self.path, busy_timeout=self.busy_timeout)
+                for statement in self.schema:
+                    await fetch(conn, statement)
+            except (OSError, sqlite3.Error) as exc:
+                if conn is not None:
+                    await conn.close()
+                raise ProgressStoreError(
+                    f"{self.path}: cannot open {self.what}: {reason(exc)}"
+                ) from exc
+            self._conn = conn
+
+    async def close(self) -> None:
+        """Close the connection, after any open transaction has ended; idempotent."""
+        self.refuse_reentry()
+        async with self._lock:
+            if self._conn is not None:
+                conn, self._conn = self._conn, None
+                await conn.close()
+
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Hold the connection, opening it first if needed."""
+        self.refuse_reentry()
+        async with self._lock:
+            if self._conn is None:
+                await self._opener()
+            assert self._conn is not None
+            self._owner = asyncio.current_task()
+            try:
+                yield self._conn
+            finally:
+                self._owner = None
+
+    def refuse_reentry(self) -> None:
+        """Fail fast when the task holding the connection calls the store again."""
+        if self._owner is not None and self._owner is asyncio.current_task():
+            raise ProgressStoreError(f"{self.path}: {self.reentry}")
+
+    async def run(self, action: str, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        """One statement on the held connection ``exclusive`` yielded (see ``checked``)."""
+        async with self.exclusive() as conn:
+            return await self.checked(conn, action, sql, params)
+
+    async def checked(
+        self, conn: aiosqlite.Connection, action: str, sql: str, params: Iterable[Any] = ()
+    ) -> list[Any]:
+        """Run one statement, turning SQLite errors into a one-line ProgressStoreError that
+        names the file and the ``action``."""
+        try:
+            return await fetch(conn, sql, params)
+        except sqlite3.Error as exc:
+            raise ProgressStoreError(f"{self.path}: cannot {action}: {reason(exc)}") from exc

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
-from collections.abc import Iterator
 from typing import Any
 
 import structlog
 
 from ._gc import tuned_gc
+from ._signals import stop_signals
 from .checkpoint import CheckpointDecoder
 from .errors import ConfigurationError, ShutdownAborted
 from .metrics import FeedStats
@@ -90,7 +89,7 @@ class IndexerExecutor:
         self._signals = 0
         self._main = asyncio.current_task()
         try:
-            with self._signal_handlers(), tuned_gc(self.tune_gc):
+            with stop_signals(self._on_signal, self.handle_signals), tuned_gc(self.tune_gc):
                 return await self._run(source, decoder, pools, first_checkpoint, last_checkpoint)
         finally:
             self._main = None
@@ -273,21 +272,3 @@ class IndexerExecutor:
             self.request_stop()
         elif self._main is not None:
             self._main.cancel()
-
-    @contextlib.contextmanager
-    def _signal_handlers(self) -> Iterator[None]:
-        installed: list[signal.Signals] = []
-        if self.handle_signals:
-            loop = asyncio.get_running_loop()
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                try:
-                    loop.add_signal_handler(signum, self._on_signal, signum)
-                except (RuntimeError, ValueError, NotImplementedError):
-                    continue  # not the main thread, or no signal support
-                installed.append(signum)
-        try:
-            yield
-        finally:
-            loop = asyncio.get_running_loop()
-            for signum in installed:
-                loop.remove_signal_handler(signum)

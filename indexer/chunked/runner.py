@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
+from .._signals import stop_signals
 from ..claims import ChunkLayout, Claim, ClaimLost, ClaimNotFound, ClaimStore
 from ..errors import ConfigurationError, ShutdownAborted
 from ..executor import IndexerExecutor
@@ -115,7 +115,7 @@ class ChunkedRunner:
         await self.claims.open()
         try:
             layouts = {pool.name: await self._layout(pool.name, first) for pool in self.pools}
-            with self._signal_handlers():
+            with stop_signals(self._on_signal, self.handle_signals):
                 while not self._stop.is_set():
                     progressed = False
                     for pool in self.pools:
@@ -310,23 +310,6 @@ class ChunkedRunner:
             self.request_stop()
         elif self._main is not None:
             self._main.cancel()
-
-    @contextlib.contextmanager
-    def _signal_handlers(self) -> Iterator[None]:
-        installed: list[signal.Signals] = []
-        loop = asyncio.get_running_loop()
-        if self.handle_signals:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                try:
-                    loop.add_signal_handler(signum, self._on_signal, signum)
-                except (RuntimeError, ValueError, NotImplementedError):
-                    continue
-                installed.append(signum)
-        try:
-            yield
-        finally:
-            for signum in installed:
-                loop.remove_signal_handler(signum)
 
 
 async def _sleep_unless(event: asyncio.Event, seconds: float) -> None:

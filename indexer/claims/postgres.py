@@ -12,7 +12,7 @@ import asyncpg
 
 from ..config import mask_dsn
 from ..errors import ProgressStoreError
-from ..progress.postgres import CONNECT_TIMEOUT, quote_ident, reason
+from ..progress.postgres import close_pool, create_missing, open_pool, quote_ident, reason
 from ._base import (
     ChunkLayout,
     ChunkState,
@@ -29,7 +29,6 @@ __all__ = ["PostgresClaimStore"]
 
 T = TypeVar("T")
 
-_DDL_LOCK = "SELECT pg_advisory_xact_lock(hashtext('indexer ddl'))"
 _ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
@@ -103,57 +102,35 @@ class PostgresClaimStore(ClaimStore):
         async with self._open_lock:
             if self._pool is not None:
                 return
-            settings = {"application_name": self.application_name} if self.application_name else {}
-            pool: asyncpg.Pool | None = None
-            try:
-                pool = await asyncpg.create_pool(
-                    self.dsn,
-                    min_size=self.min_size,
-                    max_size=self.max_size,
-                    timeout=CONNECT_TIMEOUT,
-                    server_settings=settings,
-                )
-                async with pool.acquire() as conn:
-                    await self._create_table(conn)
-            except (*_ERRORS, ValueError) as exc:
-                if pool is not None:
-                    pool.terminate()
-                raise ProgressStoreError(
-                    f"{mask_dsn(self.dsn)}: cannot open claim database: {reason(exc)}"
-                ) from exc
-            self._pool = pool
+            self._pool = await open_pool(
+                self.dsn,
+                min_size=self.min_size,
+                max_size=self.max_size,
+                application_name=self.application_name,
+                what="claim database",
+                setup=self._create_tables,
+            )
 
-    async def _create_table(self, conn: asyncpg.Connection) -> None:
-        """Create what is missing (checking first, so a role without CREATE can still use it)."""
-        exists = "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL"
-        if await conn.fetchval(exists, self._table, self._layouts):
-            return
-        async with conn.transaction():
-            await conn.execute(_DDL_LOCK)
-            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
-            await conn.execute(f"""CREATE TABLE IF NOT EXISTS {self._table} (
-                pipeline TEXT NOT NULL,
-                chunk BIGINT NOT NULL,
-                owner TEXT,
-                token BIGINT NOT NULL DEFAULT 0,
-                expires_at DOUBLE PRECISION,
-                done BOOLEAN NOT NULL DEFAULT false,
-                progress BIGINT,
-                PRIMARY KEY (pipeline, chunk))""")
-            await conn.execute(f"""CREATE TABLE IF NOT EXISTS {self._layouts} (
-                pipeline TEXT PRIMARY KEY,
-                first_checkpoint BIGINT NOT NULL,
-                chunk_size BIGINT NOT NULL)""")
+    async def _create_tables(self, conn: asyncpg.Connection) -> None:
+        claims = """pipeline TEXT NOT NULL,
+            chunk BIGINT NOT NULL,
+            owner TEXT,
+            token BIGINT NOT NULL DEFAULT 0,
+            expires_at DOUBLE PRECISION,
+            done BOOLEAN NOT NULL DEFAULT false,
+            progress BIGINT,
+            PRIMARY KEY (pipeline, chunk)"""
+        layouts = """pipeline TEXT PRIMARY KEY,
+            first_checkpoint BIGINT NOT NULL,
+            chunk_size BIGINT NOT NULL"""
+        await create_missing(conn, self.schema, {self._table: claims, self._layouts: layouts})
 
     async def close(self) -> None:
         """Close the pool; idempotent."""
         async with self._open_lock:
             if self._pool is not None:
                 pool, self._pool = self._pool, None
-                try:
-                    await asyncio.wait_for(pool.close(), timeout=30)
-                except Exception:  # stuck or broken connections: drop them
-                    pool.terminate()
+                await close_pool(pool)
 
     async def ensure_chunks(self, pipeline: str, count: int) -> None:
         """Create the rows of chunks 0..count-1 that are missing; existing rows are untouched."""

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import aiosqlite
 
-from .._sqlite import connect, fetch, reason, rollback
-from ..errors import ProgressStoreError
+from .._sqlite import SharedConnection, rollback
 from ._base import (
     ChunkLayout,
     ChunkState,
@@ -93,46 +89,32 @@ class SqliteClaimStore(ClaimStore):
         self.path = Path(path)
         self.clock = clock
         self.busy_timeout = busy_timeout
-        self._conn: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()  # serialises all use of the one connection
-        self._open_lock = asyncio.Lock()
-        self._owner: asyncio.Task[Any] | None = None  # the task holding ``_lock``
+        self._db = SharedConnection(
+            self.path,
+            what="claim database",
+            reentry="claim store called inside its own fenced transaction; "
+            "use the connection it yields",
+            schema=(_SCHEMA, _LAYOUT_SCHEMA),
+            busy_timeout=busy_timeout,
+            opener=self.open,
+        )
 
     def __repr__(self) -> str:
         return f"SqliteClaimStore({str(self.path)!r})"
 
     async def open(self) -> None:
-        """Connect, create the parent directory and the table; idempotent."""
-        async with self._open_lock:
-            if self._conn is not None:
-                return
-            conn: aiosqlite.Connection | None = None
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                conn = await connect(self.path, busy_timeout=self.busy_timeout)
-                await fetch(conn, _SCHEMA)
-                await fetch(conn, _LAYOUT_SCHEMA)
-            except (OSError, sqlite3.Error) as exc:
-                if conn is not None:
-                    await conn.close()
-                raise ProgressStoreError(
-                    f"{self.path}: cannot open claim database: {reason(exc)}"
-                ) from exc
-            self._conn = conn
+        """Connect, create the parent directory and the tables; idempotent."""
+        await self._db.open()
 
     async def close(self) -> None:
         """Close the connection, after any open transaction has ended; idempotent."""
-        self._refuse_reentry()
-        async with self._lock:
-            if self._conn is not None:
-                conn, self._conn = self._conn, None
-                await conn.close()
+        await self._db.close()
 
     async def ensure_chunks(self, pipeline: str, count: int) -> None:
         """Create the rows of chunks 0..count-1 that are missing; existing rows are untouched."""
         if count > 0:
             async with self._immediate("create chunks") as conn:
-                await self._sql(conn, "create chunks", _ENSURE, (count, pipeline))
+                await self._db.checked(conn, "create chunks", _ENSURE, (count, pipeline))
 
     async def claim(self, pipeline: str, chunk: int, owner: str, ttl: float) -> Claim | None:
         """Lease ``chunk`` to ``owner`` until now + ttl, or None if it is held or done."""
@@ -140,12 +122,12 @@ class SqliteClaimStore(ClaimStore):
         ttl = check_ttl(ttl)
         async with self._immediate("claim") as conn:
             now = self.clock()
-            rows = await self._sql(conn, "claim", _ROW, (pipeline, chunk))
+            rows = await self._db.checked(conn, "claim", _ROW, (pipeline, chunk))
             token = new_token(rows[0] if rows else None, owner, now)
             if token is None:
                 return None
             params = (pipeline, chunk, owner, token, now + ttl)
-            await self._sql(conn, "claim", _UPSERT, params)
+            await self._db.checked(conn, "claim", _UPSERT, params)
         return Claim(pipeline, chunk, owner, token, now + ttl)
 
     async def claim_next(
@@ -156,14 +138,16 @@ class SqliteClaimStore(ClaimStore):
         low, high = chunk_bounds(chunks)
         async with self._immediate("claim") as conn:
             now = self.clock()
-            found = await self._sql(conn, "claim", _AVAILABLE, (pipeline, now, low, high, 1))
+            found = await self._db.checked(conn, "claim", _AVAILABLE, (pipeline, now, low, high, 1))
             if not found:
                 return None
             chunk = found[0][0]
-            row = (await self._sql(conn, "claim", _ROW, (pipeline, chunk)))[0]
+            row = (await self._db.checked(conn, "claim", _ROW, (pipeline, chunk)))[0]
             token = new_token(row, owner, now)
             assert token is not None  # available, and the write lock is ours
-            await self._sql(conn, "claim", _UPSERT, (pipeline, chunk, owner, token, now + ttl))
+            await self._db.checked(
+                conn, "claim", _UPSERT, (pipeline, chunk, owner, token, now + ttl)
+            )
         return Claim(pipeline, chunk, owner, token, now + ttl)
 
     async def extend(self, claim: Claim, ttl: float) -> Claim:
@@ -172,7 +156,9 @@ class SqliteClaimStore(ClaimStore):
         async with self._immediate("extend a claim") as conn:
             now = await self._check(conn, claim, live=False)
             sql = "UPDATE indexer_claims SET expires_at = ? WHERE pipeline = ? AND chunk = ?"
-            await self._sql(conn, "extend a claim", sql, (now + ttl, claim.pipeline, claim.chunk))
+            await self._db.checked(
+                conn, "extend a claim", sql, (now + ttl, claim.pipeline, claim.chunk)
+            )
         return Claim(claim.pipeline, claim.chunk, claim.owner, claim.token, now + ttl)
 
     async def release(self, claim: Claim, done: bool = False) -> None:
@@ -181,7 +167,9 @@ class SqliteClaimStore(ClaimStore):
             await self._check(conn, claim, live=False)
             sql = """UPDATE indexer_claims SET owner = NULL, expires_at = NULL, done = done OR ?
                      WHERE pipeline = ? AND chunk = ?"""
-            await self._sql(conn, "release a claim", sql, (done, claim.pipeline, claim.chunk))
+            await self._db.checked(
+                conn, "release a claim", sql, (done, claim.pipeline, claim.chunk)
+            )
 
     async def find_available(
         self, pipeline: str, limit: int, chunks: range | None = None
@@ -189,7 +177,7 @@ class SqliteClaimStore(ClaimStore):
         """Up to ``limit`` claimable chunk rows (within ``chunks``), lowest first."""
         low, high = chunk_bounds(chunks)
         params = (pipeline, self.clock(), low, high, max(limit, 0))
-        rows = await self._query("find available chunks", _AVAILABLE, params)
+        rows = await self._db.run("find available chunks", _AVAILABLE, params)
         return [row[0] for row in rows]
 
     async def save_progress(self, claim: Claim, next_checkpoint: int) -> None:
@@ -197,12 +185,12 @@ class SqliteClaimStore(ClaimStore):
         async with self._immediate("save progress") as conn:
             await self._check(conn, claim, live=True)
             params = (next_checkpoint, claim.pipeline, claim.chunk)
-            await self._sql(conn, "save progress", _SET_PROGRESS, params)
+            await self._db.checked(conn, "save progress", _SET_PROGRESS, params)
 
     async def progress(self, pipeline: str, chunk: int) -> int | None:
         """The chunk's saved next checkpoint, or None."""
         sql = "SELECT progress FROM indexer_claims WHERE pipeline = ? AND chunk = ?"
-        rows = await self._query("load progress", sql, (pipeline, chunk))
+        rows = await self._db.run("load progress", sql, (pipeline, chunk))
         return rows[0][0] if rows else None
 
     @asynccontextmanager
@@ -216,7 +204,7 @@ class SqliteClaimStore(ClaimStore):
             yield conn
             if next_checkpoint is not None:
                 params = (next_checkpoint, claim.pipeline, claim.chunk)
-                await self._sql(conn, "save progress", _SET_PROGRESS, params)
+                await self._db.checked(conn, "save progress", _SET_PROGRESS, params)
 
     async def adopt_layout(self, pipeline: str, layout: ChunkLayout) -> ChunkLayout:
         """Record ``layout`` unless the pipeline has one; return the recorded one."""
@@ -224,13 +212,13 @@ class SqliteClaimStore(ClaimStore):
                     (pipeline, first_checkpoint, chunk_size) VALUES (?, ?, ?)"""
         async with self._immediate("record the chunk layout") as conn:
             params = (pipeline, layout.first, layout.chunk_size)
-            await self._sql(conn, "record the chunk layout", insert, params)
-            rows = await self._sql(conn, "record the chunk layout", _LAYOUT, (pipeline,))
+            await self._db.checked(conn, "record the chunk layout", insert, params)
+            rows = await self._db.checked(conn, "record the chunk layout", _LAYOUT, (pipeline,))
         return ChunkLayout(*rows[0])
 
     async def layout(self, pipeline: str) -> ChunkLayout | None:
         """The pipeline's recorded layout, or None."""
-        rows = await self._query("read the chunk layout", _LAYOUT, (pipeline,))
+        rows = await self._db.run("read the chunk layout", _LAYOUT, (pipeline,))
         return ChunkLayout(*rows[0]) if rows else None
 
     async def forget(self, pipeline: str) -> None:
@@ -238,77 +226,42 @@ class SqliteClaimStore(ClaimStore):
         async with self._immediate("forget chunks") as conn:
             for table in ("indexer_claims", "indexer_chunk_layouts"):
                 sql = f"DELETE FROM {table} WHERE pipeline = ?"
-                await self._sql(conn, "forget chunks", sql, (pipeline,))
+                await self._db.checked(conn, "forget chunks", sql, (pipeline,))
 
     async def pipelines(self) -> list[str]:
         """Every pipeline with a recorded layout, sorted."""
         sql = "SELECT pipeline FROM indexer_chunk_layouts ORDER BY pipeline"
-        return [row[0] for row in await self._query("list chunked pipelines", sql)]
+        return [row[0] for row in await self._db.run("list chunked pipelines", sql)]
 
     async def chunks(self, pipeline: str) -> list[ChunkState]:
         """Every chunk row of the pipeline in chunk order."""
         sql = """SELECT chunk, owner, token, expires_at, done, progress FROM indexer_claims
                  WHERE pipeline = ? ORDER BY chunk"""
-        rows = await self._query("list chunks", sql, (pipeline,))
+        rows = await self._db.run("list chunks", sql, (pipeline,))
         return [ChunkState(c, o, t, e, bool(d), p) for c, o, t, e, d, p in rows]
 
     async def completed_prefix(self, pipeline: str) -> int:
         """How many chunks from chunk 0 on are done without a gap."""
-        rows = await self._query("count completed chunks", _PREFIX, (pipeline,))
+        rows = await self._db.run("count completed chunks", _PREFIX, (pipeline,))
         return int(rows[0][0])
 
     # --- plumbing ------------------------------------------------------------------------------
 
     async def _check(self, conn: aiosqlite.Connection, claim: Claim, *, live: bool) -> float:
         """Raise unless the chunk's row is still ``claim``'s lease; returns the clock's now."""
-        rows = await self._sql(conn, "check a claim", _ROW, (claim.pipeline, claim.chunk))
+        rows = await self._db.checked(conn, "check a claim", _ROW, (claim.pipeline, claim.chunk))
         now = self.clock()
         check_holder(claim, rows[0] if rows else None, now, live=live)
         return now
 
     @asynccontextmanager
-    async def _exclusive(self) -> AsyncIterator[aiosqlite.Connection]:
-        """Hold the connection lock, opening the store first if needed."""
-        self._refuse_reentry()
-        async with self._lock:
-            if self._conn is None:
-                await self.open()
-            assert self._conn is not None
-            self._owner = asyncio.current_task()
-            try:
-                yield self._conn
-            finally:
-                self._owner = None
-
-    @asynccontextmanager
     async def _immediate(self, action: str) -> AsyncIterator[aiosqlite.Connection]:
         """A write transaction holding the file's write lock; commits on a clean exit."""
-        async with self._exclusive() as conn:
+        async with self._db.exclusive() as conn:
             try:
-                await self._sql(conn, action, "BEGIN IMMEDIATE")
+                await self._db.checked(conn, action, "BEGIN IMMEDIATE")
                 yield conn
-                await self._sql(conn, action, "COMMIT")
+                await self._db.checked(conn, action, "COMMIT")
             except BaseException:
                 await rollback(conn)
                 raise
-
-    def _refuse_reentry(self) -> None:
-        """Fail fast instead of deadlocking when a fenced block calls the store itself."""
-        if self._owner is not None and self._owner is asyncio.current_task():
-            raise ProgressStoreError(
-                f"{self.path}: claim store called inside its own fenced transaction; "
-                "use the connection it yields"
-            )
-
-    async def _query(self, action: str, sql: str, params: Iterable[Any] = ()) -> list[Any]:
-        async with self._exclusive() as conn:
-            return await self._sql(conn, action, sql, params)
-
-    async def _sql(
-        self, conn: aiosqlite.Connection, action: str, sql: str, params: Iterable[Any] = ()
-    ) -> list[Any]:
-        """Run one statement, turning SQLite errors into a one-line ProgressStoreError."""
-        try:
-            return await fetch(conn, sql, params)
-        except sqlite3.Error as exc:
-            raise ProgressStoreError(f"{self.path}: cannot {action}: {reason(exc)}") from exc

@@ -16,7 +16,14 @@ from ..config import mask_dsn
 from ..errors import ConfigurationError, ProgressStoreError
 from ._base import DeadLetter, TransactionalProgressStore
 
-__all__ = ["CONNECTION_ERRORS", "PostgresProgressStore", "quote_ident"]
+__all__ = [
+    "CONNECTION_ERRORS",
+    "PostgresProgressStore",
+    "close_pool",
+    "create_missing",
+    "open_pool",
+    "quote_ident",
+]
 
 T = TypeVar("T")
 
@@ -113,45 +120,27 @@ class PostgresProgressStore(TransactionalProgressStore):
         async with self._open_lock:
             if self._pool is not None:
                 return
-            settings = {"application_name": self.application_name} if self.application_name else {}
-            pool: asyncpg.Pool | None = None
-            try:
-                pool = await asyncpg.create_pool(
-                    self.dsn,
-                    min_size=self.min_size,
-                    max_size=self.max_size,
-                    timeout=CONNECT_TIMEOUT,
-                    server_settings=settings,
-                )
-                async with pool.acquire() as conn:
-                    await self._create_tables(conn)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
-                if pool is not None:
-                    pool.terminate()
-                raise ProgressStoreError(
-                    f"{mask_dsn(self.dsn)}: cannot open progress database: {reason(exc)}"
-                ) from exc
-            self._pool = pool
+            self._pool = await open_pool(
+                self.dsn,
+                min_size=self.min_size,
+                max_size=self.max_size,
+                application_name=self.application_name,
+                what="progress database",
+                setup=self._create_tables,
+            )
             await super().open()
 
     async def _create_tables(self, conn: asyncpg.Connection) -> None:
-        """Create what is missing (checking first, so a role without CREATE can still use it)."""
-        exists = "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL"
-        if await conn.fetchval(exists, self._watermarks, self._dead_letters):
-            return
-        async with conn.transaction():
-            await conn.execute(_DDL_LOCK)
-            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
-            await conn.execute(f"""CREATE TABLE IF NOT EXISTS {self._watermarks} (
-                pipeline TEXT PRIMARY KEY,
-                next_checkpoint BIGINT NOT NULL,
-                updated_at TIMESTAMPTZ NOT NULL DEFAULT now())""")
-            await conn.execute(f"""CREATE TABLE IF NOT EXISTS {self._dead_letters} (
-                pipeline TEXT,
-                sequence_number BIGINT,
-                error TEXT,
-                recorded_at TIMESTAMPTZ DEFAULT now(),
-                PRIMARY KEY (pipeline, sequence_number))""")
+        watermarks = """pipeline TEXT PRIMARY KEY,
+            next_checkpoint BIGINT NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL DEFAULT now()"""
+        dead_letters = """pipeline TEXT,
+            sequence_number BIGINT,
+            error TEXT,
+            recorded_at TIMESTAMPTZ DEFAULT now(),
+            PRIMARY KEY (pipeline, sequence_number)"""
+        tables = {self._watermarks: watermarks, self._dead_letters: dead_letters}
+        await create_missing(conn, self.schema, tables)
 
     async def close(self) -> None:
         """Close the pool, after open transactions have ended; idempotent."""
@@ -159,10 +148,7 @@ class PostgresProgressStore(TransactionalProgressStore):
         async with self._open_lock:
             if self._pool is not None:
                 pool, self._pool = self._pool, None
-                try:
-                    await asyncio.wait_for(pool.close(), timeout=30)
-                except Exception:  # stuck or broken connections: drop them
-                    pool.terminate()
+                await close_pool(pool)
             await super().close()
 
     async def load(self, pipeline: str) -> int | None:
@@ -282,6 +268,60 @@ class PostgresProgressStore(TransactionalProgressStore):
                 self._unreachable = False
                 log.info("progress store reachable again", dsn=mask_dsn(self.dsn), action=action)
             return result
+
+
+async def open_pool(
+    dsn: str,
+    *,
+    min_size: int,
+    max_size: int,
+    application_name: str | None,
+    what: str,
+    setup: Callable[[asyncpg.Connection], Awaitable[None]],
+) -> asyncpg.Pool:
+    """A pool on ``dsn`` whose first connection has run ``setup`` (creating tables). Fails
+    fast when the database cannot be reached: one-line ProgressStoreError naming the masked
+    DSN and ``what`` was being opened."""
+    settings = {"application_name": application_name} if application_name else {}
+    pool: asyncpg.Pool | None = None
+    try:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=CONNECT_TIMEOUT,
+            server_settings=settings,
+        )
+        async with pool.acquire() as conn:
+            await setup(conn)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+        if pool is not None:
+            pool.terminate()
+        raise ProgressStoreError(f"{mask_dsn(dsn)}: cannot open {what}: {reason(exc)}") from exc
+    return pool
+
+
+async def close_pool(pool: asyncpg.Pool) -> None:
+    """Close ``pool``, dropping connections that are stuck or broken."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout=30)
+    except Exception:
+        pool.terminate()
+
+
+async def create_missing(conn: asyncpg.Connection, schema: str, tables: dict[str, str]) -> None:
+    """Create ``schema`` and the ``tables`` (qualified name -> column list) that are missing,
+    checking first, so that a role without CREATE can still use tables that exist. An
+    advisory lock keeps concurrent creators from colliding."""
+    names = list(tables)
+    exists = " AND ".join(f"to_regclass(${n}) IS NOT NULL" for n in range(1, len(names) + 1))
+    if await conn.fetchval(f"SELECT {exists}", *names):
+        return
+    async with conn.transaction():
+        await conn.execute(_DDL_LOCK)
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+        for name, columns in tables.items():
+            await conn.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
 
 
 def reason(exc: BaseException) -> str:

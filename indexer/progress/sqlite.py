@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from .._sqlite import connect, fetch, reason, rollback
-from ..errors import ProgressStoreError
+from .._sqlite import SharedConnection, rollback
 from ._base import DeadLetter, TransactionalProgressStore
 
 _SCHEMA = (
@@ -66,65 +63,52 @@ class SqliteProgressStore(TransactionalProgressStore):
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._conn: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()  # serialises all use of the one connection
-        self._open_lock = asyncio.Lock()
-        self._owner: asyncio.Task[Any] | None = None  # the task holding ``_lock``
+        self._db = SharedConnection(
+            self.path,
+            what="progress database",
+            reentry="progress store called inside its own transaction; "
+            "use the connection the transaction yields",
+            schema=_SCHEMA,
+            opener=self.open,
+        )
 
     async def open(self) -> None:
         """Connect, create the parent directory and the tables; idempotent."""
-        async with self._open_lock:
-            if self._conn is not None:
-                return
-            conn: aiosqlite.Connection | None = None
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                conn = await connect(self.path)
-                for statement in _SCHEMA:
-                    await fetch(conn, statement)
-            except (OSError, sqlite3.Error) as exc:
-                if conn is not None:
-                    await conn.close()
-                raise ProgressStoreError(
-                    f"{self.path}: cannot open progress database: {reason(exc)}"
-                ) from exc
-            self._conn = conn
-            await super().open()
+        await self._db.open()
+        await super().open()
 
     async def close(self) -> None:
         """Close the connection, after any open transaction has ended; idempotent."""
-        self._refuse_reentry()
-        async with self._lock:
-            if self._conn is not None:
-                conn, self._conn = self._conn, None
-                await conn.close()
-            await super().close()
+        await self._db.close()
+        await super().close()
 
     async def load(self, pipeline: str) -> int | None:
         """The pipeline's watermark, or None when it has never saved one."""
-        rows = await self._query("load", _LOAD, (pipeline,))
+        rows = await self._db.run("load", _LOAD, (pipeline,))
         return rows[0][0] if rows else None
 
     async def save(self, pipeline: str, watermark: int) -> int:
         """Raise the watermark with one rise-only upsert; returns the value now stored."""
-        async with self._exclusive() as conn:
-            await _checked(self, "save", conn, _RAISE, (pipeline, watermark, time.time()))
-            rows = await _checked(self, "save", conn, _LOAD, (pipeline,))
+        async with self._db.exclusive() as conn:
+            await self._db.checked(conn, "save", _RAISE, (pipeline, watermark, time.time()))
+            rows = await self._db.checked(conn, "save", _LOAD, (pipeline,))
         return int(rows[0][0])
 
     async def reset(self, pipeline: str, watermark: int) -> None:
         """Set the watermark to any value, lower included."""
-        await self._query("reset", _RESET, (pipeline, watermark, time.time()))
+        await self._db.run("reset", _RESET, (pipeline, watermark, time.time()))
 
     async def watermarks(self) -> dict[str, int]:
         """Every pipeline's watermark."""
-        rows = await self._query("load", "SELECT pipeline, next_checkpoint FROM indexer_watermarks")
+        rows = await self._db.run(
+            "load", "SELECT pipeline, next_checkpoint FROM indexer_watermarks"
+        )
         return {pipeline: value for pipeline, value in rows}
 
     async def add_dead_letter(self, pipeline: str, sequence_number: int, error: str) -> None:
         """Record a skipped checkpoint (replacing an earlier record of it)."""
         params = (pipeline, sequence_number, error, time.time())
-        await self._query("save a dead letter", _ADD_DEAD_LETTER, params)
+        await self._db.run("save a dead letter", _ADD_DEAD_LETTER, params)
 
     async def dead_letters(self, pipeline: str | None = None) -> list[DeadLetter]:
         """Dead letters of one pipeline or all, sorted by sequence number then pipeline."""
@@ -133,7 +117,7 @@ class SqliteProgressStore(TransactionalProgressStore):
         if pipeline is not None:
             sql += " WHERE pipeline = ?"
             params = (pipeline,)
-        rows = await self._query("load dead letters", sql + _ORDER, params)
+        rows = await self._db.run("load dead letters", sql + _ORDER, params)
         return [DeadLetter(p, s, e, r) for p, s, e, r in rows]
 
     @asynccontextmanager
@@ -146,53 +130,13 @@ class SqliteProgressStore(TransactionalProgressStore):
         commits; if the block raises, everything rolls back and the error propagates unchanged.
         The block must not commit or roll back itself, nor call this store's other methods.
         """
-        async with self._exclusive() as conn:
+        async with self._db.exclusive() as conn:
             try:
-                await _checked(self, "begin a transaction", conn, "BEGIN IMMEDIATE")
+                await self._db.checked(conn, "begin a transaction", "BEGIN IMMEDIATE")
                 yield conn
                 params = (pipeline, watermark, time.time())
-                await _checked(self, "save in a transaction", conn, _RAISE, params)
-                await _checked(self, "commit", conn, "COMMIT")
+                await self._db.checked(conn, "save in a transaction", _RAISE, params)
+                await self._db.checked(conn, "commit", "COMMIT")
             except BaseException:
                 await rollback(conn)
                 raise
-
-    @asynccontextmanager
-    async def _exclusive(self) -> AsyncIterator[aiosqlite.Connection]:
-        """Hold the connection lock, opening the store first if needed."""
-        self._refuse_reentry()
-        async with self._lock:
-            if self._conn is None:
-                await self.open()
-            assert self._conn is not None
-            self._owner = asyncio.current_task()
-            try:
-                yield self._conn
-            finally:
-                self._owner = None
-
-    def _refuse_reentry(self) -> None:
-        """Fail fast instead of deadlocking when a transaction's own block calls the store."""
-        if self._owner is not None and self._owner is asyncio.current_task():
-            raise ProgressStoreError(
-                f"{self.path}: progress store called inside its own transaction; "
-                "use the connection the transaction yields"
-            )
-
-    async def _query(self, action: str, sql: str, params: Iterable[Any] = ()) -> list[Any]:
-        async with self._exclusive() as conn:
-            return await _checked(self, action, conn, sql, params)
-
-
-async def _checked(
-    store: SqliteProgressStore,
-    action: str,
-    conn: aiosqlite.Connection,
-    sql: str,
-    params: Iterable[Any] = (),
-) -> list[Any]:
-    """Run a statement of the store's own, turning SQLite errors into ProgressStoreError."""
-    try:
-        return await fetch(conn, sql, params)
-    except sqlite3.Error as exc:
-        raise ProgressStoreError(f"{store.path}: cannot {action}: {reason(exc)}") from exc
