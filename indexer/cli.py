@@ -20,6 +20,7 @@ import click
 import msgspec
 
 from . import __version__
+from ._loop import run_on
 from .app import build_executor
 from .config import Config, load_config, mask_dsn, parse_address
 from .errors import ConfigurationError, IndexerError, ShutdownAborted
@@ -182,6 +183,12 @@ def main() -> None:
     envvar="INDEXER_CHUNK_SIZE",
     help="Checkpoints per claimed chunk (scale.chunk_size) [env INDEXER_CHUNK_SIZE].",
 )
+@click.option(
+    "--event-loop",
+    type=click.Choice(["auto", "uvloop", "asyncio"]),
+    envvar="INDEXER_EVENT_LOOP",
+    help="auto: uvloop when installed, else asyncio (run.event_loop) [env INDEXER_EVENT_LOOP].",
+)
 @handle_errors
 def run(
     config_path: Path | None,
@@ -198,6 +205,7 @@ def run(
     processes: int | None,
     claims: str | None,
     chunk_size: int | None,
+    event_loop: str | None,
 ) -> None:
     """Run the configured pipelines over the feed until stopped (Ctrl+C stops gracefully)."""
     config = _load(
@@ -216,6 +224,7 @@ def run(
             "scale.processes": processes,
             "scale.claims": claims,
             "scale.chunk_size": chunk_size,
+            "run.event_loop": event_loop,
         },
     )
     configure_logging(config.logging.level, config.logging.format)
@@ -240,7 +249,7 @@ def status(config_path: Path | None, feed: str | None, store: str | None, as_jso
     config = _load(config_path, **{"source.feed": feed, "progress.store": store})
     from ._status import render_status, status_report
 
-    report = asyncio.run(status_report(config))
+    report = run_on(config.run.event_loop, status_report(config))
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
@@ -265,7 +274,7 @@ def reset(config_path: Path | None, store: str | None, pipeline: str, to: int, f
     config = _load(config_path, **{"progress.store": store})
     from ._status import reset_pipeline
 
-    current, chunks = asyncio.run(reset_pipeline(config, pipeline, to, force))
+    current, chunks = run_on(config.run.event_loop, reset_pipeline(config, pipeline, to, force))
     what = f"pipeline {pipeline!r} from {current if current is not None else 'nothing'} to {to}"
     if chunks:
         what += f" and drop its {chunks} chunk claims"

@@ -64,6 +64,8 @@ class RunConfig(_Section):
     first_checkpoint: int | None = None
     last_checkpoint: int | None = None
     pipelines: list[str] = msgspec.field(default_factory=list)
+    #: "auto" (uvloop when installed), "uvloop" or "asyncio".
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
 
 class MetricsConfig(_Section):

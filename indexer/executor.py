@@ -137,6 +137,7 @@ class IndexerExecutor:
                 resume_from=starts[pool.name],
                 saved_watermark=saved,
                 concurrency=pool.concurrency,
+                event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],
             )
         active = [pool for pool in pools if last is None or starts[pool.name] <= last]
         if not active:

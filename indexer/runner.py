@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from ._loop import loop_factory, run_on
 from .app import build_claim_store, build_executor, build_source, build_store
 from .config import Config, parse_address
 from .errors import IndexerError
@@ -24,6 +25,7 @@ __all__ = ["run_indexer"]
 
 def run_indexer(config: Config) -> str:
     """Run the configured pipelines until done or stopped; returns a one-line summary."""
+    loop_factory(config.run.event_loop)  # an event loop that cannot be had fails before any work
     if config.scale.processes > 1:
         return _run_processes(config)
     return _run_here(config)
@@ -41,7 +43,7 @@ def _run_processes(config: Config) -> str:
     failed = run_processes(config, lambda forward: _run_here(share, on_signal=forward))
     if failed:
         raise IndexerError(f"{failed} of {config.scale.processes - 1} child processes failed")
-    watermarks = asyncio.run(_saved_watermarks(config))
+    watermarks = run_on(config.run.event_loop, _saved_watermarks(config))
     marks = ", ".join(f"{name}={mark}" for name, mark in watermarks.items())
     return (
         f"{config.scale.processes} processes done in {time.perf_counter() - started:.1f}s; "
@@ -64,12 +66,13 @@ def _run_here(config: Config, on_signal: Callable[[int], None] | None = None) ->
                 f"cannot serve metrics on {config.metrics.address}: {exc.strerror or exc}"
             ) from None
         log.info("serving metrics", address=f"http://{config.metrics.address}/metrics")
+    loop = config.run.event_loop
     started = time.perf_counter()
     try:
         if config.scale.chunked:
-            watermarks = asyncio.run(_run_chunked(executor, config, on_signal))
+            watermarks = run_on(loop, _run_chunked(executor, config, on_signal))
         else:
-            watermarks = asyncio.run(_run(executor, build_source(config), config))
+            watermarks = run_on(loop, _run(executor, build_source(config), config))
         elapsed = time.perf_counter() - started
     finally:
         if server is not None:

@@ -423,6 +423,17 @@ def test_config_errors(
     assert_one_error_line(result.stderr, str(path), *needles)
 
 
+def test_uvloop_asked_for_but_missing_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop now raises ImportError
+    db = tmp_path / "index.db"
+    result = cli("run", "--store", f"sqlite:{db}", "--event-loop", "uvloop", "--no-metrics")
+    assert result.exit_code == 2, result.output
+    assert_one_error_line(result.stderr, "run.event_loop", "uvloop is not installed")
+    assert not db.exists()  # refused before any work
+
+
 def test_missing_config_file(tmp_path: Path) -> None:
     path = tmp_path / "nowhere.toml"
     result = cli("config", "show", "-c", path)
@@ -600,6 +611,7 @@ def test_json_logs(first_run: tuple[subprocess.CompletedProcess[str], Path]) -> 
     assert len(starting) == 1, events
     assert starting[0]["pipeline"] == PIPELINE
     assert starting[0]["resume_from"] == 0
+    assert starting[0]["event_loop"] == ("asyncio" if sys.platform == "win32" else "uvloop")
     assert len(events) < 20, events  # nothing per checkpoint at INFO
     assert all(e["level"] == "info" for e in events), events
 
@@ -612,10 +624,13 @@ def test_restart_resumes(tmp_path: Path, feed: Path) -> None:
     assert first.returncode == 0, first.stderr
     assert summary(first.stdout) == (200, 200)
 
-    second = run_binary("run", "-c", config, "--last-checkpoint", 299, cwd=tmp_path)
+    second = run_binary(
+        "run", "-c", config, "--last-checkpoint", 299, "--event-loop", "asyncio", cwd=tmp_path
+    )
     assert second.returncode == 0, second.stderr
     assert summary(second.stdout) == (100, 300)
     (starting,) = [e for e in json_lines(second.stderr) if e["event"] == "pipeline starting"]
+    assert starting["event_loop"] == "asyncio"
     assert starting["resume_from"] == 200
     assert starting["saved_watermark"] == 200
     assert read_watermark(db) == 300

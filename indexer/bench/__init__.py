@@ -20,37 +20,37 @@ __all__ = ["SCENARIOS", "Result", "machine", "run_scenarios"]
 def _dispatch(quick: bool, options: dict[str, Any]) -> list[Result]:
     from . import dispatch
 
-    return dispatch.run(quick)
+    return dispatch.run(quick, options.get("event_loop", "auto"))
 
 
 def _feed(quick: bool, options: dict[str, Any]) -> list[Result]:
     from . import feed
 
-    return feed.run(quick)
+    return feed.run(quick, event_loop=options.get("event_loop", "auto"))
 
 
 def _iobound(quick: bool, options: dict[str, Any]) -> list[Result]:
     from . import iobound
 
-    return iobound.run(quick)
+    return iobound.run(quick, options.get("event_loop", "auto"))
 
 
 def _reducer(quick: bool, options: dict[str, Any]) -> list[Result]:
     from . import reducer
 
-    return reducer.run(quick, options.get("postgres_dsn"))
+    return reducer.run(quick, options.get("postgres_dsn"), options.get("event_loop", "auto"))
 
 
 def _memory(quick: bool, options: dict[str, Any]) -> list[Result]:
     from . import memory
 
-    return memory.run(quick)
+    return memory.run(quick, options.get("event_loop", "auto"))
 
 
 def _scaleout(quick: bool, options: dict[str, Any]) -> list[Result]:
     from . import scaleout
 
-    return scaleout.run(quick)
+    return scaleout.run(quick, options.get("event_loop", "auto"))
 
 
 #: Scenario name -> runner(quick, options) -> results, in the order they run.
@@ -83,9 +83,12 @@ def run_scenarios(
     return results
 
 
-def machine() -> dict[str, Any]:
+def machine(event_loop: str = "auto") -> dict[str, Any]:
     """What the figures were measured on."""
+    from .._loop import loop_factory
+
     return {
+        "event_loop": "asyncio" if loop_factory(event_loop) is None else "uvloop",
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "system": f"{platform.system()} {platform.machine()}",

@@ -40,7 +40,9 @@ def print_table(results: list[Result], info: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"indexer bench ({info['cpus']} CPUs, Python {info['python']})")
+    table = Table(
+        title=f"indexer bench ({info['cpus']} CPUs, Python {info['python']}, {info['event_loop']})"
+    )
     for column in ("scenario", "figure", "reference", "unit", "ratio", "bar", ""):
         justify = "left" if column in ("scenario", "unit", "bar", "") else "right"
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
@@ -57,7 +59,7 @@ def print_table(results: list[Result], info: dict[str, Any]) -> None:
     Console(width=max(100, Console().width)).print(table)
 
 
-def plot_concurrency(path: Path, quick: bool) -> dict[int, float]:
+def plot_concurrency(path: Path, quick: bool, event_loop: str = "auto") -> dict[int, float]:
     """Throughput of the 10 ms worker against concurrency, beside the ideal, as a PNG."""
     try:
         import matplotlib
@@ -71,7 +73,7 @@ def plot_concurrency(path: Path, quick: bool) -> dict[int, float]:
     from .iobound import CONCURRENCY, LATENCY, sweep
 
     concurrencies = [1, 4, 16, 64, CONCURRENCY, 1024]
-    measured = sweep(concurrencies, 5 if quick else 20)
+    measured = sweep(concurrencies, 5 if quick else 20, event_loop)
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     ax.plot(concurrencies, [c / LATENCY for c in concurrencies], "--", label="ideal (c / 10 ms)")
     ax.plot(concurrencies, [measured[c] for c in concurrencies], "o-", label="indexer")
@@ -110,6 +112,13 @@ def plot_concurrency(path: Path, quick: bool) -> dict[int, float]:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write a PNG of io-bound throughput against concurrency.",
 )
+@click.option(
+    "--event-loop",
+    type=click.Choice(["auto", "uvloop", "asyncio"]),
+    default="auto",
+    show_default=True,
+    help="The loop both sides of every scenario run on (auto: uvloop when installed).",
+)
 @click.option("--strict", is_flag=True, help="Exit 1 when a scenario misses its bar.")
 def bench_command(
     quick: bool,
@@ -117,6 +126,7 @@ def bench_command(
     scenarios: tuple[str, ...],
     postgres_dsn: str | None,
     plot: Path | None,
+    event_loop: str,
     strict: bool,
 ) -> None:
     """Measure throughput and memory, each scenario beside its reference in the same run."""
@@ -131,11 +141,14 @@ def bench_command(
                 f"  {result.scenario}: ratio {result.ratio:.2f} ({_verdict(result)})", err=True
             )
 
-    info = machine()
+    info = machine(event_loop)
     results = run_scenarios(
-        list(scenarios), quick, {"postgres_dsn": postgres_dsn}, on_result=progress
+        list(scenarios),
+        quick,
+        {"postgres_dsn": postgres_dsn, "event_loop": event_loop},
+        on_result=progress,
     )
-    sweep = plot_concurrency(plot, quick) if plot is not None else None
+    sweep = plot_concurrency(plot, quick, event_loop) if plot is not None else None
     if as_json:
         document: dict[str, Any] = {
             "machine": info,

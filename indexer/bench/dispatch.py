@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from .._loop import run_on
 from ..executor import IndexerExecutor
 from ..pipeline import WorkerPool
 from ..progress import MemoryProgressStore
@@ -42,7 +43,7 @@ async def framework(source: MemorySource, concurrency: int, timing: bool = True)
     assert result["noop"] == len(source), result
 
 
-def run(quick: bool) -> list[Result]:
+def run(quick: bool, event_loop: str = "auto") -> list[Result]:
     count = 20_000 if quick else 200_000
     rounds = 2 if quick else 3
     items = checkpoints(count)
@@ -52,7 +53,7 @@ def run(quick: bool) -> list[Result]:
         import time
 
         started = time.perf_counter()
-        asyncio.run(make())
+        run_on(event_loop, make())
         return time.perf_counter() - started
 
     bare = framework_timed = framework_untimed = float("inf")

@@ -29,7 +29,7 @@ def bare_read_decode(directory: Path, count: int) -> float:
     return time.perf_counter() - started
 
 
-def indexer_run(directory: Path, count: int) -> float:
+def indexer_run(directory: Path, count: int, event_loop: str = "auto") -> float:
     config = load_config(
         None,
         {
@@ -39,6 +39,7 @@ def indexer_run(directory: Path, count: int) -> float:
             "metrics.enabled": False,
             "logging.progress": False,
             "run.last_checkpoint": count - 1,
+            "run.event_loop": event_loop,
             "pipelines": {"noop": {"worker": "indexer.bench._common:Noop", "concurrency": 16}},
         },
     )
@@ -47,7 +48,7 @@ def indexer_run(directory: Path, count: int) -> float:
     return time.perf_counter() - started
 
 
-def run(quick: bool, directory: Path | None = None) -> list[Result]:
+def run(quick: bool, directory: Path | None = None, event_loop: str = "auto") -> list[Result]:
     count = 20_000 if quick else 100_000
     rounds = 2 if quick else 3
     with tempfile.TemporaryDirectory(prefix="indexer-bench-") as tmp:
@@ -57,7 +58,7 @@ def run(quick: bool, directory: Path | None = None) -> list[Result]:
         bare = framework = float("inf")
         for _ in range(rounds):
             bare = min(bare, bare_read_decode(feed, count))
-            framework = min(framework, indexer_run(feed, count))
+            framework = min(framework, indexer_run(feed, count, event_loop))
     return [
         Result(
             "feed",

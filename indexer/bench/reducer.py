@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from .._loop import run_on
 from ..checkpoint import Checkpoint
 from ..executor import IndexerExecutor
 from ..pipeline import WorkerPool
@@ -159,7 +160,7 @@ async def _postgres_rounds(
         await admin.close()
 
 
-def run(quick: bool, postgres_dsn: str | None = None) -> list[Result]:
+def run(quick: bool, postgres_dsn: str | None = None, event_loop: str = "auto") -> list[Result]:
     count = 5_000 if quick else 40_000
     rounds = 2 if quick else 3
     items = checkpoints(count)
@@ -172,7 +173,7 @@ def run(quick: bool, postgres_dsn: str | None = None) -> list[Result]:
             bare = min(bare, bare_sqlite(Path(tmp) / f"bare-{round_}.db", rows))
             framework = min(
                 framework,
-                asyncio.run(framework_sqlite(Path(tmp) / f"fw-{round_}.db", items, rows)),
+                run_on(event_loop, framework_sqlite(Path(tmp) / f"fw-{round_}.db", items, rows)),
             )
     results = [
         Result(
@@ -185,7 +186,9 @@ def run(quick: bool, postgres_dsn: str | None = None) -> list[Result]:
         )
     ]
     if postgres_dsn:
-        pg_bare, pg_framework = asyncio.run(_postgres_rounds(postgres_dsn, rounds, items, rows))
+        pg_bare, pg_framework = run_on(
+            event_loop, _postgres_rounds(postgres_dsn, rounds, items, rows)
+        )
         results.append(
             Result(
                 "reducer-postgres",

@@ -69,11 +69,11 @@ concurrency = 2
     return path
 
 
-def _timed_run(config: Path, last: int, processes: int) -> float:
+def _timed_run(config: Path, last: int, processes: int, event_loop: str = "auto") -> float:
     (config.parent / f"{config.stem}.db").unlink(missing_ok=True)  # every round from scratch
     command = [sys.executable, "-m", "indexer", "run", "-c", str(config)]
     command += ["--last-checkpoint", str(last), "--no-progress", "--log-level", "warning"]
-    command += ["--processes", str(processes)]
+    command += ["--processes", str(processes), "--event-loop", event_loop]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
@@ -110,7 +110,7 @@ def bare_speedup(count: int) -> float:
     return one / two
 
 
-def run(quick: bool) -> list[Result]:
+def run(quick: bool, event_loop: str = "auto") -> list[Result]:
     count = 2_000 if quick else 10_000
     rounds = 1 if quick else 2
     chunk_size = count // 32
@@ -122,8 +122,8 @@ def run(quick: bool) -> list[Result]:
         two = _config(directory, feed, "two", chunk_size)
         single = double = float("inf")
         for _ in range(rounds):
-            single = min(single, _timed_run(one, count - 1, 1))
-            double = min(double, _timed_run(two, count - 1, 2))
+            single = min(single, _timed_run(one, count - 1, 1, event_loop))
+            double = min(double, _timed_run(two, count - 1, 2, event_loop))
         machine = bare_speedup(count // 2)
     return [
         Result(

@@ -1,0 +1,46 @@
+"""The event loop a command runs on: uvloop when it is installed, else asyncio's own.
+
+uvloop's timers and callbacks cost about half of asyncio's, which is most of the framework's
+overhead for I/O-bound workers (see ``indexer bench --scenario io-bound``). ``run.event_loop``
+picks one explicitly; ``"auto"`` takes uvloop when it can be imported (not on Windows).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any, Literal, TypeVar
+
+from .errors import ConfigurationError
+
+__all__ = ["EventLoopName", "loop_factory", "run_on"]
+
+T = TypeVar("T")
+EventLoopName = Literal["auto", "uvloop", "asyncio"]
+
+
+def loop_factory(name: str = "auto") -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The factory for ``name`` (None: asyncio's default); ``"uvloop"`` without it installed
+    is a ConfigurationError."""
+    if name == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if name == "uvloop":
+            raise ConfigurationError(
+                "run.event_loop = 'uvloop', but uvloop is not installed (pip install uvloop)"
+            ) from None
+        return None
+    return uvloop.new_event_loop
+
+
+def run_on(name: str, main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)`` on the event loop ``name`` picks."""
+    try:
+        factory = loop_factory(name)
+    except BaseException:
+        main.close()
+        raise
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
