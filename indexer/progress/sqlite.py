@@ -134,9 +134,8 @@ class SqliteProgressStore(TransactionalProgressStore):
             try:
                 await self._db.checked(conn, "begin a transaction", "BEGIN IMMEDIATE")
                 yield conn
-                params = (pipeline, watermark, time.time())
-                await self._db.checked(conn, "save in a transaction", _RAISE, params)
-                await self._db.checked(conn, "commit", "COMMIT")
+                raise_watermark = (_RAISE, (pipeline, watermark, time.time()))
+                await self._db.checked_all(conn, "commit", [raise_watermark, ("COMMIT", ())])
             except BaseException:
                 await rollback(conn)
                 raise
