@@ -39,8 +39,9 @@ class IndexerExecutor:
         handle_signals: bool = True,
         tune_gc: bool = True,
         prune_interval: float = 1.0,
-        feed_poll_interval: float = 5.0,
+        feed_poll_interval: float | None = 5.0,
         timing: bool = True,
+        feed_stats: FeedStats | None = None,
     ) -> None:
         self.progress_store = (
             progress_store if progress_store is not None else MemoryProgressStore()
@@ -51,7 +52,8 @@ class IndexerExecutor:
         self.feed_poll_interval = feed_poll_interval
         #: Time each process_checkpoint call for indexer_checkpoint_processing_seconds.
         self.timing = timing
-        self.feed_stats = FeedStats()
+        #: What the reader saw; pass one in to share it (the chunked runner's executors do).
+        self.feed_stats = feed_stats if feed_stats is not None else FeedStats()
         self._pools: dict[str, WorkerPool[Any, Any]] = {}
         self._stop: asyncio.Event | None = None  # created inside run (needs a running loop)
         self._signals = 0
@@ -217,7 +219,11 @@ class IndexerExecutor:
         start: int,
         last: int | None,
     ) -> None:
-        stream = source.stream(start, decoder)
+        stream = (
+            source.stream(start, decoder)
+            if last is None
+            else source.stream_to(start, last, decoder)
+        )
         feed = self.feed_stats
         async with contextlib.aclosing(stream):  # type: ignore[type-var]
             async for batch in stream:
@@ -246,18 +252,8 @@ class IndexerExecutor:
                 pruned = lowest
 
     async def _poll_feed(self, source: CheckpointSource) -> None:
-        """Track the feed's newest checkpoint (for lag) and log when the reader catches up."""
-        feed = self.feed_stats
-        caught_up = False
-        while True:
-            latest = await source.latest_sequence_number()
-            if latest is not None:
-                feed.latest = max(latest, feed.latest or 0)
-            behind = feed.latest is not None and (feed.last_read or -1) < feed.latest
-            if not behind and feed.last_read is not None and not caught_up:
-                log.info("caught up with the feed", latest=feed.latest, last_read=feed.last_read)
-            caught_up = not behind and feed.last_read is not None
-            await asyncio.sleep(self.feed_poll_interval)
+        if self.feed_poll_interval is not None:
+            await poll_feed(source, self.feed_stats, self.feed_poll_interval)
 
     def _on_halt(self, pool: WorkerPool[Any, Any]) -> None:
         self.request_stop()
@@ -273,3 +269,18 @@ class IndexerExecutor:
             self.request_stop()
         elif self._main is not None:
             self._main.cancel()
+
+
+async def poll_feed(source: CheckpointSource, feed: FeedStats, interval: float) -> None:
+    """Track the feed's newest checkpoint in ``feed`` (for lag) every ``interval`` seconds, and
+    log when the reader catches up; runs until cancelled."""
+    caught_up = False
+    while True:
+        latest = await source.latest_sequence_number()
+        if latest is not None:
+            feed.latest = max(latest, feed.latest or 0)
+        behind = feed.latest is not None and (feed.last_read or -1) < feed.latest
+        if not behind and feed.last_read is not None and not caught_up:
+            log.info("caught up with the feed", latest=feed.latest, last_read=feed.last_read)
+        caught_up = not behind and feed.last_read is not None
+        await asyncio.sleep(interval)

@@ -107,6 +107,7 @@ async def _run_chunked(
         lease_ttl=config.scale.lease_ttl,
         timing=executor.timing,
         on_signal=on_signal,
+        feed_stats=executor.feed_stats,  # what the metrics endpoint and progress bars read
     )
     return await runner.run(config.run.first_checkpoint, config.run.last_checkpoint)
 

@@ -18,6 +18,7 @@ from indexer import ConfigurationError, Worker
 from indexer.chunked import ChunkedRunner
 from indexer.claims import Claim, SqliteClaimStore
 from indexer.errors import ProgressStoreError
+from indexer.metrics import FeedStats
 from indexer.pipeline import WorkerPool
 from indexer.progress import SqliteProgressStore
 from indexer.sources import MemorySource
@@ -53,6 +54,7 @@ def runner(
     chunk_size: int = 50,
     lease_ttl: float = 30.0,
     claims: SqliteClaimStore | None = None,
+    feed_stats: FeedStats | None = None,
 ) -> ChunkedRunner:
     sink = SqliteSink(
         "marks", {"checkpoint": "INTEGER", "who": "TEXT"}, max_batch_size=5, max_batch_age=0.01
@@ -68,6 +70,7 @@ def runner(
         owner=worker.who,
         poll_interval=0.01,
         handle_signals=False,
+        feed_stats=feed_stats,
     )
 
 
@@ -85,6 +88,29 @@ async def test_a_job_runs_chunk_by_chunk_exactly_once(tmp_path: Path) -> None:
     assert rows(db) == [(n, "a") for n in range(120)]
     # The last chunk (100..124) is cut at 119 by ``last``: run, but not done for good.
     assert (job.chunks_done, job.chunks_abandoned) == (4, 0)
+
+
+async def test_every_chunk_reports_into_one_feed_stats(tmp_path: Path) -> None:
+    """The metrics endpoint reads the FeedStats handed in: each chunk's reads land in it, and
+    the feed's newest checkpoint is polled once for the run, not once per chunk."""
+    stats = FeedStats()
+    job = runner(tmp_path / "job.db", Marker("a"), chunk_size=25, feed_stats=stats)
+    source = MemorySource(CHECKPOINTS)
+    polls = 0
+    original = source.latest_sequence_number
+
+    async def counted() -> int | None:
+        nonlocal polls
+        polls += 1
+        return await original()
+
+    source.latest_sequence_number = counted  # type: ignore[method-assign]
+    job.source_factory = lambda: source
+    assert await job.run(last=119) == {"marks": 120}
+    assert stats.latest == 119
+    assert stats.last_read == 119
+    assert stats.bytes_read == sum(source._sizes)
+    assert polls == 1
 
 
 async def test_the_layout_is_fixed_once_recorded(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from indexer.checkpoint import (
     Transaction,
     encode_checkpoint,
 )
-from indexer.errors import CheckpointDecodeError, ConfigurationError
+from indexer.errors import CheckpointDecodeError, ConfigurationError, FeedReadError
 from indexer.sources import (
     CheckpointSource,
     LocalDirectorySource,
@@ -211,6 +211,35 @@ async def test_reads_run_in_the_thread_with_one_batch_read_ahead(tmp_path: Path)
         assert [start for start, _ in reads] == [0, 10]
         assert threading.get_ident() not in {thread for _, thread in reads}
     await source.close()
+
+
+async def test_stream_to_reads_no_file_past_last(tmp_path: Path) -> None:
+    """A chunked run ends every chunk at its last checkpoint: the read-ahead must stop there.
+    The file after ``last`` is a directory, which cannot be read: touching it is an error."""
+    await make_feed(tmp_path, 40)
+    (tmp_path / "25.chk").unlink()
+    (tmp_path / "25.chk").mkdir()
+    source = LocalDirectorySource(tmp_path, follow=False, batch_size=10)
+    stream = source.stream_to(3, 24, CheckpointDecoder())
+    async with aclosing(stream) as batches:  # type: ignore[type-var]
+        got = [batch async for batch in batches]
+    assert [len(batch) for batch in got] == [10, 10, 2]
+    assert numbers(got) == list(range(3, 25))
+    with pytest.raises(FeedReadError, match=r"25\.chk: cannot read checkpoint 25"):
+        await collect(source, start=3)  # the unbounded stream does read it
+    await source.close()
+
+
+async def test_synthetic_stream_to_generates_nothing_past_last() -> None:
+    source = SyntheticSource(seed=1, batch_size=16)  # endless
+    stream = source.stream_to(5, 40, CheckpointDecoder())
+    async with aclosing(stream) as batches:  # type: ignore[type-var]
+        got = [batch async for batch in batches]
+    assert numbers(got) == list(range(5, 41))
+    bounded = SyntheticSource(seed=1, batch_size=16, count=20)
+    assert numbers([b async for b in bounded.stream_to(5, 40, CheckpointDecoder())]) == list(
+        range(5, 20)
+    )
 
 
 async def test_large_checkpoint_is_read_whole(tmp_path: Path) -> None:

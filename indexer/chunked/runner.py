@@ -19,10 +19,12 @@ from typing import Any
 
 import structlog
 
+from .._gc import tuned_gc
 from .._signals import stop_signals
 from ..claims import ChunkLayout, Claim, ClaimLost, ClaimNotFound, ClaimStore
 from ..errors import ConfigurationError, ShutdownAborted
-from ..executor import IndexerExecutor
+from ..executor import IndexerExecutor, poll_feed
+from ..metrics import FeedStats
 from ..pipeline import WorkerPool
 from ..progress import ProgressStore
 from ..sources import CheckpointSource
@@ -48,7 +50,8 @@ class ChunkedRunner:
     (sources are restartable); ``on_signal`` is told of every stop signal the runner gets (the
     parent of ``--processes N`` passes them on to its children). Pipelines are claimed and run one
     chunk at a time each (they do not share a reader in this mode). ``run`` returns each
-    pipeline's watermark as the store holds it at the end.
+    pipeline's watermark as the store holds it at the end. ``tune_gc`` applies the
+    garbage-collector settings of ``indexer._gc`` for the whole run, as IndexerExecutor does.
     """
 
     def __init__(
@@ -64,7 +67,10 @@ class ChunkedRunner:
         poll_interval: float | None = None,
         handle_signals: bool = True,
         timing: bool = True,
+        tune_gc: bool = True,
         on_signal: Callable[[int], None] | None = None,
+        feed_stats: FeedStats | None = None,
+        feed_poll_interval: float = 5.0,
     ) -> None:
         if chunk_size < 1:
             raise ConfigurationError(f"chunk_size must be at least 1, got {chunk_size}")
@@ -85,16 +91,17 @@ class ChunkedRunner:
         )
         self.handle_signals = handle_signals
         self.timing = timing
+        self.tune_gc = tune_gc
+        self.feed_stats = feed_stats if feed_stats is not None else FeedStats()
+        self.feed_poll_interval = feed_poll_interval
         self.on_signal = on_signal
         self.chunks_done = 0
         self.chunks_abandoned = 0
         self._stop = asyncio.Event()
         self._signals = 0
         self._current: IndexerExecutor | None = None
-        self._ensured: dict[str, int] = {}
-        self._shared_source: CheckpointSource | None = (
-            None  # chunk rows known to exist, per pipeline
-        )
+        self._ensured: dict[str, int] = {}  # chunk rows known to exist, per pipeline
+        self._shared_source: CheckpointSource | None = None
         self._main: asyncio.Task[Any] | None = None
 
     def request_stop(self) -> None:
@@ -111,11 +118,15 @@ class ChunkedRunner:
                 f"last_checkpoint ({last}) is below first_checkpoint ({first})"
             )
         self._main = asyncio.current_task()
+        poller: asyncio.Task[None] | None = None
         await self.progress_store.open()
         await self.claims.open()
         try:
             layouts = {pool.name: await self._layout(pool.name, first) for pool in self.pools}
-            with stop_signals(self._on_signal, self.handle_signals):
+            poller = asyncio.create_task(
+                poll_feed(self._source(), self.feed_stats, self.feed_poll_interval), name="feed"
+            )
+            with stop_signals(self._on_signal, self.handle_signals), tuned_gc(self.tune_gc):
                 while not self._stop.is_set():
                     progressed = False
                     for pool in self.pools:
@@ -136,6 +147,9 @@ class ChunkedRunner:
             raise
         finally:
             self._main = None
+            if poller is not None:
+                poller.cancel()
+                await asyncio.gather(poller, return_exceptions=True)
             if self._shared_source is not None:
                 source, self._shared_source = self._shared_source, None
                 await source.close()
@@ -204,7 +218,14 @@ class ChunkedRunner:
             owner=self.owner,
         )
         store = ChunkProgressStore(self.progress_store, self.claims, claim, floor)
-        executor = IndexerExecutor(store, handle_signals=False, timing=self.timing, tune_gc=False)
+        executor = IndexerExecutor(
+            store,
+            handle_signals=False,
+            timing=self.timing,
+            tune_gc=False,
+            feed_poll_interval=None,  # the runner polls the feed once for all chunks
+            feed_stats=self.feed_stats,
+        )
         executor.register(pool)
         lost = asyncio.Event()
         heartbeat = asyncio.create_task(self._renew(claim, executor, lost), name="heartbeat")

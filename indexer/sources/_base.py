@@ -26,6 +26,13 @@ class CheckpointSource(ABC):
     def stream(self, start: int, decoder: CheckpointDecoder[Any]) -> AsyncIterator[SourcedBatch]:
         """Yield batches of checkpoints from ``start`` on, in order."""
 
+    def stream_to(
+        self, start: int, last: int, decoder: CheckpointDecoder[Any]
+    ) -> AsyncIterator[SourcedBatch]:
+        """``stream`` for a run that ends after checkpoint ``last``: a source that reads ahead
+        overrides it so as not to read and decode past ``last``. By default, ``stream``."""
+        return self.stream(start, decoder)
+
     async def latest_sequence_number(self) -> int | None:
         """The newest checkpoint the feed holds, or None when unknown (for lag and status)."""
         return None

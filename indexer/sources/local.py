@@ -207,18 +207,36 @@ class LocalDirectorySource(CheckpointSource):
                 directory=str(self.path),
             )
 
-    async def stream(
+    def stream(
         self, start: int, decoder: CheckpointDecoder[Any]
     ) -> AsyncGenerator[SourcedBatch, None]:
         """Yield the files from ``start`` on in batches; tail the directory when ``follow``."""
+        return self._stream(start, None, decoder)
+
+    def stream_to(
+        self, start: int, last: int, decoder: CheckpointDecoder[Any]
+    ) -> AsyncGenerator[SourcedBatch, None]:
+        """``stream`` that reads no file past ``last`` (chunked runs end every chunk so)."""
+        return self._stream(start, last, decoder)
+
+    async def _stream(
+        self, start: int, last: int | None, decoder: CheckpointDecoder[Any]
+    ) -> AsyncGenerator[SourcedBatch, None]:
         if start < 0:
             raise ValueError(f"start must be >= 0, got {start}")
         loop = asyncio.get_running_loop()
-        executor, read, size = self._executor, self._read_run, self.batch_size
+        executor, read, batch_size = self._executor, self._read_run, self.batch_size
         decode, prefix = decoder.decode, self._prefix
+        stop = last + 1 if last is not None else None  # the first file never to read
+
+        def size(n: int) -> int:
+            return batch_size if stop is None else min(batch_size, stop - n)
+
         n = start
         misses = 0
-        future = loop.run_in_executor(executor, read, n, size)
+        if stop is not None and n >= stop:
+            return
+        future = loop.run_in_executor(executor, read, n, size(n))
         inflight: asyncio.Future[list[bytes]] | None = future  # the read not yet awaited
         try:
             while True:
@@ -233,17 +251,18 @@ class LocalDirectorySource(CheckpointSource):
                         self._check_listing(listing, n)
                         if not self.follow and listing.has_missing and misses == 1:
                             # It arrived between the read and the listing: read it before ending.
-                            future = inflight = loop.run_in_executor(executor, read, n, size)
+                            future = inflight = loop.run_in_executor(executor, read, n, size(n))
                             continue
                     if not self.follow:
                         return
                     await asyncio.sleep(self.poll_interval)
-                    future = inflight = loop.run_in_executor(executor, read, n, size)
+                    future = inflight = loop.run_in_executor(executor, read, n, size(n))
                     continue
                 misses = 0
                 end = n + len(contents)
                 # Read ahead: the next batch is read while this one is decoded and consumed.
-                future = inflight = loop.run_in_executor(executor, read, end, size)
+                if stop is None or end < stop:
+                    future = inflight = loop.run_in_executor(executor, read, end, size(end))
                 batch: SourcedBatch = []
                 try:
                     for i, data in enumerate(contents, n):
@@ -257,6 +276,8 @@ class LocalDirectorySource(CheckpointSource):
                 n = end
                 contents.clear()  # the raw bytes need not stay alive while the consumer runs
                 yield batch
+                if stop is not None and n >= stop:
+                    return
         finally:
             # A read still in flight finishes in the thread; its result (or error) is dropped.
             if inflight is not None and not inflight.cancel() and not inflight.cancelled():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_right
 from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
@@ -45,14 +46,28 @@ class MemorySource(CheckpointSource):
                 )
         return index
 
-    async def stream(
+    def stream(
         self, start: int, decoder: CheckpointDecoder[Any]
     ) -> AsyncGenerator[SourcedBatch, None]:
         """Yield the checkpoints numbered ``start`` or more, converted with ``decoder.convert``."""
+        return self._serve(start, None, decoder)
+
+    def stream_to(
+        self, start: int, last: int, decoder: CheckpointDecoder[Any]
+    ) -> AsyncGenerator[SourcedBatch, None]:
+        """``stream`` that ends after checkpoint ``last``."""
+        return self._serve(start, last, decoder)
+
+    async def _serve(
+        self, start: int, last: int | None, decoder: CheckpointDecoder[Any]
+    ) -> AsyncGenerator[SourcedBatch, None]:
         index = self._first_index(start)
         checkpoints, sizes, convert = self._checkpoints, self._sizes, decoder.convert
-        for begin in range(index, len(checkpoints), self.batch_size):
-            end = min(begin + self.batch_size, len(checkpoints))
+        stop = len(checkpoints)
+        if last is not None:
+            stop = bisect_right(self._numbers, last, index)
+        for begin in range(index, stop, self.batch_size):
+            end = min(begin + self.batch_size, stop)
             yield [(convert(checkpoints[i]), sizes[i]) for i in range(begin, end)]
             # Never starve the loop, even when the consumer does not await between batches.
             await asyncio.sleep(0)

@@ -147,20 +147,32 @@ class SyntheticSource(CheckpointSource):
             transactions=transactions,
         )
 
-    async def stream(
+    def stream(
         self, start: int, decoder: CheckpointDecoder[Any]
     ) -> AsyncGenerator[SourcedBatch, None]:
         """Yield generated checkpoints from ``start`` (until ``count``) with their encoded sizes."""
+        return self._generate(start, self.count, decoder)
+
+    def stream_to(
+        self, start: int, last: int, decoder: CheckpointDecoder[Any]
+    ) -> AsyncGenerator[SourcedBatch, None]:
+        """``stream`` that generates nothing past ``last``."""
+        stop = last + 1 if self.count is None else min(self.count, last + 1)
+        return self._generate(start, stop, decoder)
+
+    async def _generate(
+        self, start: int, stop: int | None, decoder: CheckpointDecoder[Any]
+    ) -> AsyncGenerator[SourcedBatch, None]:
         if start < 0:
             raise ValueError(f"start must be >= 0, got {start}")
         kind = decoder.checkpoint_type
         native = isinstance(kind, type) and issubclass(Checkpoint, kind)
         origin = f"<synthetic seed={self.seed}>"
         n = start
-        while self.count is None or n < self.count:
+        while stop is None or n < stop:
             end = n + self.batch_size
-            if self.count is not None:
-                end = min(end, self.count)
+            if stop is not None:
+                end = min(end, stop)
             batch: SourcedBatch = []
             for i in range(n, end):
                 checkpoint = self.checkpoint_at(i)
