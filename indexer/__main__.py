@@ -1,5 +1,6 @@
-"""``python -m indexer``: the ``indexer`` command (how ``--processes`` starts its children)."""
+"""``python -m indexer``: the ``indexer`` command."""
 
 from .cli import main
 
-main()
+if __name__ == "__main__":  # not when multiprocessing's spawn imports it in a child
+    main()

@@ -23,7 +23,7 @@ from . import __version__
 from ._loop import run_on
 from .app import build_executor
 from .config import Config, load_config, mask_dsn, parse_address
-from .errors import ConfigurationError, IndexerError, ShutdownAborted
+from .errors import failure_exit
 from .logs import configure_logging
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -41,14 +41,11 @@ def handle_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except ConfigurationError as exc:
-            _fail(str(exc), 2)
-        except ShutdownAborted as exc:
-            _fail(str(exc), 1)
-        except IndexerError as exc:
-            _fail(str(exc), 1)
-        except OSError as exc:
-            _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc), 1)
+        except Exception as exc:
+            known = failure_exit(exc)
+            if known is None:
+                raise
+            _fail(known[1], known[0])
 
     return wrapper  # type: ignore[return-value]
 

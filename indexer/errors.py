@@ -34,3 +34,15 @@ class PipelineHalted(IndexerError):
 
 class ShutdownAborted(IndexerError):
     """A second stop signal ended the run at once; saved progress is intact but may lag."""
+
+
+def failure_exit(exc: BaseException) -> tuple[int, str] | None:
+    """The exit code and one-line message the command reports ``exc`` with, or None for an
+    error that deserves its traceback (a bug): 2 for a configuration error, else 1."""
+    if isinstance(exc, ConfigurationError):
+        return 2, str(exc)
+    if isinstance(exc, IndexerError):
+        return 1, str(exc)
+    if isinstance(exc, OSError):
+        return 1, f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
+    return None

@@ -39,8 +39,14 @@ def _run_processes(config: Config) -> str:
         config.scale, processes=1, claims=config.scale.claims or config.progress.store
     )
     share = msgspec.structs.replace(config, scale=scale)
+    executor = build_executor(share)  # imports and checks every pipeline before the children
     started = time.perf_counter()
-    failed = run_processes(config, lambda forward: _run_here(share, on_signal=forward))
+    failed = run_processes(
+        share,
+        config.scale.processes,
+        lambda forward: _run_here(share, on_signal=forward, executor=executor),
+        run_child,
+    )
     if failed:
         raise IndexerError(f"{failed} of {config.scale.processes - 1} child processes failed")
     watermarks = run_on(config.run.event_loop, _saved_watermarks(config))
@@ -51,10 +57,19 @@ def _run_processes(config: Config) -> str:
     )
 
 
-def _run_here(config: Config, on_signal: Callable[[int], None] | None = None) -> str:
+def run_child(config: Config) -> str:
+    """A ``--processes`` child's share of the job (module-level: spawned children import it)."""
+    return _run_here(config)
+
+
+def _run_here(
+    config: Config,
+    on_signal: Callable[[int], None] | None = None,
+    executor: IndexerExecutor | None = None,
+) -> str:
     """Run in this process (a chunked share of the job when claims are set); ``on_signal`` is
     told of every stop signal this process gets."""
-    executor = build_executor(config)
+    executor = executor or build_executor(config)
     executor.timing = config.metrics.enabled
     server = None
     if config.metrics.enabled:

@@ -20,7 +20,10 @@ from typing import Any
 
 import pytest
 
+from indexer.chunked.processes import run_processes
 from indexer.claims import ChunkLayout, Claim, SqliteClaimStore
+from indexer.config import load_config
+from indexer.runner import run_child
 from indexer.sources import SyntheticSource
 
 INDEXER = str(Path(sys.executable).with_name("indexer"))
@@ -147,6 +150,9 @@ def test_processes_share_the_job_and_write_each_row_once(feed: Path, tmp_path: P
     assert log.count('"chunk done"') == 6, log[-2000:]
     assert process.returncode == 0, log[-2000:]
     assert "2 processes done" in out.decode() and "txs=600" in out.decode()
+    if sys.platform == "linux":  # nothing runs a thread before the children start: forked
+        (started,) = [e for e in json_lines(log) if e["event"] == "started worker processes"]
+        assert started["start_method"] == "fork" and len(started["pids"]) == 1
     assert sqlite_digests(db, "rows") == expected_digests()
     with sqlite3.connect(db) as conn:
         chunks = conn.execute("SELECT chunk, done FROM indexer_claims ORDER BY chunk").fetchall()
@@ -164,6 +170,80 @@ def test_processes_share_the_job_and_write_each_row_once(feed: Path, tmp_path: P
         "held": 0,
         "pending": [],
     }
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_sigterm_to_the_parent_stops_every_process_and_a_rerun_finishes(
+    feed: Path, tmp_path: Path
+) -> None:
+    """The parent forwards the signal: each process finishes its chunk in hand and exits 0,
+    no child outlives the parent, and a second run completes the job, each row once."""
+    db = tmp_path / "index.db"
+    config = write_config(
+        tmp_path / "cfg.toml",
+        feed,
+        f"sqlite:{db}",
+        sink="reducers.sqlite:SqliteSink",
+        table="rows",
+        delay=0.02,
+        pipeline="txs",
+    )
+    log = tmp_path / "run.log"
+    process = start(config, "--processes", "2", log=log)
+    try:
+        wait_for(lambda: log.read_text().count('"chunk claimed"') >= 2)
+        (started,) = [e for e in json_lines(log.read_text()) if "pids" in e]
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    finally:
+        stop_all([process])
+    events = json_lines(log.read_text())
+    assert process.returncode == 0, log.read_text()[-2000:]
+    stopping = [e for e in events if e["event"].startswith("stopping: finishing the chunk")]
+    assert len(stopping) == 2, events  # the parent and its child each got the signal
+    for pid in started["pids"]:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # gone (and reaped by the parent)
+    again = start(config, "--processes", "2", log=tmp_path / "again.log")
+    try:
+        out, _ = again.communicate(timeout=60)
+    finally:
+        stop_all([again])
+    assert again.returncode == 0, (tmp_path / "again.log").read_text()[-2000:]
+    assert "txs=600" in out.decode()
+    assert sqlite_digests(db, "rows") == expected_digests()
+
+
+def test_children_are_spawned_where_forking_is_unsafe(
+    feed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run_processes`` with the spawn start method (chosen when a thread is running or off
+    Linux): the child is a fresh interpreter that gets the config pickled. This parent does
+    no share of its own, so the child must do the whole job."""
+    monkeypatch.syspath_prepend(str(PROGRAMS))  # the spawned child inherits sys.path
+    db = tmp_path / "index.db"
+    path = write_config(
+        tmp_path / "cfg.toml",
+        feed,
+        f"sqlite:{db}",
+        sink="reducers.sqlite:SqliteSink",
+        table="rows",
+        delay=0.0,
+        pipeline="txs",
+    )
+    overrides = {
+        "run.last_checkpoint": COUNT - 1,
+        "metrics.enabled": False,
+        "logging.progress": False,
+        "scale.claims": f"sqlite:{db}",
+    }
+    config = load_config(path, overrides)
+    failed = run_processes(config, 2, lambda forward: None, run_child, method="spawn")
+    assert failed == 0
+    assert sqlite_digests(db, "rows") == expected_digests()
 
 
 def test_status_shows_leases_and_reset_waits_for_them(feed: Path, tmp_path: Path) -> None:
