@@ -75,10 +75,11 @@ def run_processes(
     run_child: Callable[[Config], str],
     method: StartMethod | None = None,
 ) -> int:
-    """Start ``processes - 1`` children that each print ``run_child(config)``'s summary
-    (``config`` being one process's share of the chunked job), run this process's share with ``run_share(forward)`` (``forward(signum)`` passes
-    a stop signal on to the children), then wait for the children; returns how many of them
-    failed. ``run_child`` must be a module-level function (spawned children import it)."""
+    """Start ``processes - 1`` children, each printing ``run_child(config)``'s summary
+    (``config`` is one process's share of the chunked job); run this process's share with
+    ``run_share(forward)``, where ``forward(signum)`` passes a stop signal on to the children;
+    then wait for them. Returns how many children failed. ``run_child`` must be a module-level
+    function (spawned children import it)."""
     context: Any = multiprocessing.get_context(method or start_method())
     children: list[multiprocessing.process.BaseProcess] = []
 
