@@ -441,6 +441,43 @@ async def test_latest_sequence_number(tmp_path: Path) -> None:
     await source.close()
 
 
+async def test_latest_probes_forward_and_lists_the_directory_once_in_a_while(
+    tmp_path: Path,
+) -> None:
+    """Listing a directory of millions of files every poll would cost more than the reads:
+    from what is known (the last listing, or what the reader has read) it probes forward, and
+    it lists the whole directory only every ``_LATEST_LIST_EVERY`` calls, which also finds a
+    gap or files removed from the top."""
+    await make_feed(tmp_path, 300)
+    source = LocalDirectorySource(tmp_path, follow=False, batch_size=100)
+    listings = 0
+    original = source._numbers
+
+    def counted() -> tuple[list[int] | None, list[str]]:
+        nonlocal listings
+        listings += 1
+        return original()
+
+    source._numbers = counted  # type: ignore[method-assign]
+    async with aclosing(source.stream(0, CheckpointDecoder())) as batches:
+        await anext(batches)  # 0..99 read
+    assert await source.latest_sequence_number() == 299  # probed forward from 99
+    assert listings == 0
+    await write_feed(SyntheticSource(), tmp_path, start=300, count=37)
+    assert await source.latest_sequence_number() == 336
+    write_checkpoint_file(tmp_path, _tiny(500))  # after a gap: probing cannot see it
+    for _ in range(9):  # calls 3 to 11
+        assert await source.latest_sequence_number() == 336
+    assert listings == 0
+    assert await source.latest_sequence_number() == 500  # the 12th call lists
+    assert listings == 1
+    for n in range(400, 501):
+        (tmp_path / f"{n}.chk").unlink(missing_ok=True)
+    assert await source.latest_sequence_number() == 336  # 500 is gone: a listing again
+    assert listings == 2
+    await source.close()
+
+
 async def test_prune_deletes_only_below_the_watermark_when_enabled(tmp_path: Path) -> None:
     await make_feed(tmp_path, 20)
     (tmp_path / "README").write_bytes(b"keep me")

@@ -22,7 +22,7 @@ def bare_read_decode(directory: Path, count: int) -> float:
     for n in range(count):
         fd = os.open(f"{prefix}{n}.chk", os.O_RDONLY)
         try:
-            data = os.read(fd, 1 << 20)
+            data = os.read(fd, 1 << 16)  # as the reader does: 1 MiB buffers would be mmapped
         finally:
             os.close(fd)
         decoder.decode(data, sequence_number=n, origin="")

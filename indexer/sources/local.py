@@ -30,6 +30,9 @@ _READ_SIZE = 1 << 16
 _LIST_EVERY = 5
 #: ``prune`` deletes by name (no listing) when the watermark moved by at most this much.
 _PRUNE_BY_NAME = 4096
+#: ``latest_sequence_number`` lists the whole directory on every this many calls (once a
+#: minute at the executor's 5 s poll) and probes forward from what it knows in between.
+_LATEST_LIST_EVERY = 12
 
 
 class _Listing(NamedTuple):
@@ -72,6 +75,9 @@ class LocalDirectorySource(CheckpointSource):
         self._warned_missing_directory = False
         self._pruned_below = 0
         self._prune_listed = False
+        self._read_below = 0  # files below this number have been read (so they exist)
+        self._latest: int | None = None  # the newest number the last listing or probe found
+        self._latest_calls = 0
 
     def __repr__(self) -> str:
         return f"LocalDirectorySource({str(self.path)!r}, follow={self.follow})"
@@ -109,7 +115,42 @@ class LocalDirectorySource(CheckpointSource):
             finally:
                 os.close(fd)
             contents.append(data)
+        if contents:
+            self._read_below = max(self._read_below, start + len(contents))
         return contents
+
+    def _exists(self, n: int) -> bool:
+        return os.path.exists(f"{self._prefix}{n}.chk")
+
+    def _probe_latest(self, known: int) -> int:
+        """The newest file at or after ``known`` (which exists), by galloping then bisecting
+        over file names: a few dozen stats instead of listing a directory of millions."""
+        step = 1
+        while self._exists(known + step):
+            step *= 2
+        low, high = known + step // 2 if step > 1 else known, known + step  # low exists, high not
+        while high - low > 1:
+            middle = (low + high) // 2
+            if self._exists(middle):
+                low = middle
+            else:
+                high = middle
+        return low
+
+    def _latest_number(self) -> tuple[int | None, list[str]]:
+        """The newest feed number and any odd names (only a full listing finds those).
+
+        Probing forward assumes the feed's numbers have no gap beyond what is known; a gap, or
+        files removed from the top, are found by the full listing every ``_LATEST_LIST_EVERY``
+        calls."""
+        self._latest_calls += 1
+        known = max(self._latest if self._latest is not None else -1, self._read_below - 1)
+        if known >= 0 and self._latest_calls % _LATEST_LIST_EVERY and self._exists(known):
+            self._latest = self._probe_latest(known)
+            return self._latest, []
+        numbers, odd = self._numbers()
+        self._latest = max(numbers) if numbers else None
+        return self._latest, odd
 
     def _names(self) -> list[str] | None:
         """The names in the feed directory, None when it does not exist."""
@@ -286,9 +327,9 @@ class LocalDirectorySource(CheckpointSource):
     async def latest_sequence_number(self) -> int | None:
         """The largest ``{n}.chk`` in the directory, or None when it holds none (or is missing)."""
         loop = asyncio.get_running_loop()
-        numbers, odd = await loop.run_in_executor(self._executor, self._numbers)
+        latest, odd = await loop.run_in_executor(self._executor, self._latest_number)
         self._warn_odd(odd)
-        return max(numbers) if numbers else None
+        return latest
 
     async def prune(self, below: int) -> None:
         """Delete the files numbered below ``below`` when ``delete_below_watermark`` is set.
