@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import structlog
 
 from ..checkpoint import CheckpointDecoder
-from ..errors import CheckpointDecodeError, ConfigurationError, FeedReadError
+from ..errors import ConfigurationError, FeedReadError
 from ._base import CheckpointSource, SourcedBatch
 
 logger = structlog.get_logger("indexer.sources")
@@ -267,7 +267,7 @@ class LocalDirectorySource(CheckpointSource):
             raise ValueError(f"start must be >= 0, got {start}")
         loop = asyncio.get_running_loop()
         executor, read, batch_size = self._executor, self._read_run, self.batch_size
-        decode, prefix = decoder.decode, self._prefix
+        decode_run, prefix = decoder.decode_run, self._prefix
         stop = last + 1 if last is not None else None  # the first file never to read
 
         def size(n: int) -> int:
@@ -304,16 +304,11 @@ class LocalDirectorySource(CheckpointSource):
                 # Read ahead: the next batch is read while this one is decoded and consumed.
                 if stop is None or end < stop:
                     future = inflight = loop.run_in_executor(executor, read, end, size(end))
-                batch: SourcedBatch = []
-                try:
-                    for i, data in enumerate(contents, n):
-                        batch.append(
-                            (decode(data, sequence_number=i, origin=f"{prefix}{i}.chk"), len(data))
-                        )
-                except CheckpointDecodeError:
+                batch, error = decode_run(contents, n, lambda i: f"{prefix}{i}.chk")
+                if error is not None:
                     if batch:  # hand over the good checkpoints before the bad one
                         yield batch
-                    raise
+                    raise error
                 n = end
                 contents.clear()  # the raw bytes need not stay alive while the consumer runs
                 yield batch
