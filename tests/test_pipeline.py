@@ -375,3 +375,42 @@ async def test_a_reducer_commit_error_on_stop_does_not_hang() -> None:
         await asyncio.sleep(0.001)
     executor.request_stop()
     assert await asyncio.wait_for(run, 2) == {"p": 0}
+
+
+# -- ReadyQueue -----------------------------------------------------------------------------------
+
+
+async def test_ready_queue_gives_the_lowest_first_and_wakes_waiting_tasks() -> None:
+    from indexer.pipeline.processor import ReadyQueue
+
+    queue = ReadyQueue()
+    assert queue.pop() is None
+    waiting = asyncio.create_task(queue.get())
+    await asyncio.sleep(0)
+    queue.put((7, "seven"))
+    assert await asyncio.wait_for(waiting, 1.0) == (7, "seven")
+    for n in (5, 3, 9):
+        queue.put((n, str(n)))
+    assert len(queue) == 3
+    assert [queue.pop(), await queue.get(), queue.pop(), queue.pop()] == [
+        (3, "3"),
+        (5, "5"),
+        (9, "9"),
+        None,
+    ]
+
+
+async def test_ready_queue_passes_a_wake_on_when_the_woken_task_is_cancelled() -> None:
+    """Two tasks wait; an item arrives and wakes the first, which is cancelled before it runs:
+    the item must go to the second, not sit in the queue while it waits."""
+    from indexer.pipeline.processor import ReadyQueue
+
+    queue = ReadyQueue()
+    first = asyncio.create_task(queue.get())
+    second = asyncio.create_task(queue.get())
+    await asyncio.sleep(0)
+    queue.put((1, "one"))
+    first.cancel()
+    assert await asyncio.wait_for(second, 1.0) == (1, "one")
+    with pytest.raises(asyncio.CancelledError):
+        await first
