@@ -158,6 +158,7 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
             stats=self.stats,
             timed=timed,
         )
+        self._enqueue = self.processor.enqueue
         self._committer_task = asyncio.create_task(committer.run(), name=f"{self.name}:commit")
         self._committer_task.add_done_callback(self._committer_done)
         await self.processor.start()
@@ -167,12 +168,16 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
         """Take a checkpoint if the window has room (the reader's fast path, no await).
 
         Returns False, having done nothing, when the caller must ``await submit`` instead."""
-        if not self.tracker._has_room(size):
+        tracker = self.tracker
+        if not tracker._has_room(size):
             return False
         sequence_number = checkpoint.sequence_number
         if sequence_number >= self.start_watermark and self.error is None:
-            self.tracker.admit_nowait(sequence_number, size)
-            self._dispatch(sequence_number, checkpoint)
+            tracker.admit_nowait(sequence_number, size)
+            if self._hooked:
+                self._dispatch(sequence_number, checkpoint)
+            else:
+                self._enqueue((sequence_number, checkpoint))
         return True
 
     async def submit(self, checkpoint: Any, size: int) -> None:
