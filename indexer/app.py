@@ -38,7 +38,7 @@ def build_store(config: Config) -> ProgressStore:
     if spec.startswith(POSTGRES_SCHEMES):
         from .progress import PostgresProgressStore
 
-        return PostgresProgressStore(spec)
+        return PostgresProgressStore(spec, schema=config.progress.schema or "public")
     raise ConfigurationError(
         f"{config_origin(config)}: progress.store {spec!r} is not supported by this version"
     )
@@ -54,7 +54,7 @@ def build_claim_store(config: Config) -> ClaimStore:
     if spec.startswith(POSTGRES_SCHEMES):
         from .claims import PostgresClaimStore
 
-        return PostgresClaimStore(spec)
+        return PostgresClaimStore(spec, schema=config.progress.schema or "public")
     raise ConfigurationError(
         f"{config_origin(config)}: scale-out needs an SQLite or PostgreSQL store, got {spec!r}"
     )

@@ -55,9 +55,11 @@ class SourceConfig(_Section):
 
 
 class ProgressConfig(_Section):
-    """Where watermarks are kept: ``sqlite:PATH``, ``file:PATH`` or ``memory``."""
+    """Where watermarks are kept: ``sqlite:PATH``, ``file:PATH``, ``memory`` or a DSN."""
 
     store: str = "sqlite:indexer.db"
+    #: PostgreSQL only: the schema of the indexer's tables (watermarks, dead letters, claims).
+    schema: str | None = None
 
 
 class RunConfig(_Section):
@@ -238,6 +240,10 @@ def _check(config: Config, origin: str) -> None:
         raise ConfigurationError(
             f"{origin}: progress.store must be 'sqlite:PATH', 'file:PATH', 'memory' or a "
             f"postgresql:// DSN, got {store!r}"
+        )
+    if config.progress.schema is not None and not store.startswith(POSTGRES_SCHEMES):
+        raise ConfigurationError(
+            f"{origin}: progress.schema is for a postgresql:// store, not {mask_dsn(store)!r}"
         )
     parse_address(config.metrics.address, f"{origin}: metrics.address")
     _check_scale(config, origin)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -14,7 +17,7 @@ from structlog.testing import capture_logs
 
 from indexer import ConfigurationError, IndexerExecutor, ProgressStoreError, WorkerPool
 from indexer.app import build_store
-from indexer.config import Config, ProgressConfig
+from indexer.config import Config, ProgressConfig, load_config
 from indexer.progress import MemoryProgressStore, PostgresProgressStore, SqliteProgressStore
 from indexer.sources import SyntheticSource
 from reducers import PostgresSink
@@ -342,3 +345,84 @@ async def test_end_to_end_exactly_the_transactions_of_checkpoints_0_to_199(
     expected.sort()
     rows = await db.fetch(f'SELECT * FROM "{pg_schema}".transactions')
     assert sorted(tuple(r) for r in rows) == expected
+
+
+# --- progress.schema through the real command ---------------------------------------------------
+
+
+def test_progress_schema_is_for_postgresql_only(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.toml"
+    path.write_text('[progress]\nstore = "sqlite:x.db"\nschema = "indexer"\n')
+    with pytest.raises(ConfigurationError, match=r"progress.schema is for a postgresql:// store"):
+        load_config(path, {})
+
+
+def test_indexer_run_keeps_its_tables_in_the_configured_schema(
+    tmp_path: Path, postgres_dsn: str, pg_schema: str
+) -> None:
+    """``[progress] schema``: watermarks and dead letters (and chunk claims) live there, and
+    ``indexer status`` reads them back from there; nothing is written to ``public``."""
+    indexer = str(Path(sys.executable).with_name("indexer"))
+    feed = tmp_path / "feed"
+    generated = subprocess.run(
+        [indexer, "generate", "--out", str(feed), "--count", "50"], capture_output=True, text=True
+    )
+    assert generated.returncode == 0, generated.stderr
+    pipeline = f"txs_{pg_schema}"
+    columns = (
+        '{ checkpoint = "BIGINT", digest = "TEXT", sender = "TEXT", event_count = "BIGINT", '
+        'timestamp_ms = "BIGINT" }'
+    )
+    config = tmp_path / "cfg.toml"
+    config.write_text(
+        f"""
+[source]
+feed = "{feed}"
+follow = false
+
+[progress]
+store = "{postgres_dsn}"
+schema = "{pg_schema}"
+
+[metrics]
+enabled = false
+
+[pipelines.{pipeline}]
+worker = "workers:TransactionExtractor"
+
+[pipelines.{pipeline}.reducer]
+class = "reducers:PostgresSink"
+options = {{ table = "txs", schema = "{pg_schema}", columns = {columns} }}
+"""
+    )
+    done = subprocess.run(
+        [indexer, "run", "-c", str(config), "--last-checkpoint", "49"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    status = subprocess.run(
+        [indexer, "status", "-c", str(config), "--json"], capture_output=True, text=True
+    )
+    assert status.returncode == 0, status.stderr
+    (row,) = json.loads(status.stdout)["pipelines"]
+    assert row["watermark"] == 50
+
+    async def look() -> tuple[Any, Any, int]:
+        conn = await asyncpg.connect(postgres_dsn)
+        try:
+            here = await conn.fetchval(
+                f'SELECT next_checkpoint FROM "{pg_schema}".indexer_watermarks WHERE pipeline = $1',
+                pipeline,
+            )
+            public = await conn.fetchval(
+                "SELECT to_regclass('public.indexer_watermarks') IS NOT NULL AND EXISTS "
+                "(SELECT 1 FROM public.indexer_watermarks WHERE pipeline = $1)",
+                pipeline,
+            )
+            rows = await conn.fetchval(f'SELECT count(DISTINCT checkpoint) FROM "{pg_schema}".txs')
+            return here, public, rows
+        finally:
+            await conn.close()
+
+    assert asyncio.run(look()) == (50, False, 50)
