@@ -85,6 +85,21 @@ options = {{ {options} }}
     return path
 
 
+def sqlite_job(tmp_path: Path, feed: Path, *, delay: float) -> tuple[Path, Path]:
+    """The job most tests run: SqliteSink rows in the claim store's own file (exactly once)."""
+    db = tmp_path / "index.db"
+    config = write_config(
+        tmp_path / "cfg.toml",
+        feed,
+        f"sqlite:{db}",
+        sink="reducers.sqlite:SqliteSink",
+        table="rows",
+        delay=delay,
+        pipeline="txs",
+    )
+    return db, config
+
+
 def start(config: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -131,16 +146,7 @@ def sqlite_digests(db: Path, table: str) -> list[str]:
 
 
 def test_processes_share_the_job_and_write_each_row_once(feed: Path, tmp_path: Path) -> None:
-    db = tmp_path / "index.db"
-    config = write_config(
-        tmp_path / "cfg.toml",
-        feed,
-        f"sqlite:{db}",
-        sink="reducers.sqlite:SqliteSink",
-        table="rows",
-        delay=0.001,
-        pipeline="txs",
-    )
+    db, config = sqlite_job(tmp_path, feed, delay=0.001)
     process = start(config, "--processes", "2", log=tmp_path / "run.log")
     try:
         out, _ = process.communicate(timeout=60)
@@ -181,16 +187,7 @@ def test_sigterm_to_the_parent_stops_every_process_and_a_rerun_finishes(
 ) -> None:
     """The parent forwards the signal: each process finishes its chunk in hand and exits 0,
     no child outlives the parent, and a second run completes the job, each row once."""
-    db = tmp_path / "index.db"
-    config = write_config(
-        tmp_path / "cfg.toml",
-        feed,
-        f"sqlite:{db}",
-        sink="reducers.sqlite:SqliteSink",
-        table="rows",
-        delay=0.02,
-        pipeline="txs",
-    )
+    db, config = sqlite_job(tmp_path, feed, delay=0.02)
     log = tmp_path / "run.log"
     process = start(config, "--processes", "2", log=log)
     try:
@@ -224,16 +221,7 @@ def test_children_are_spawned_where_forking_is_unsafe(
     Linux): the child is a fresh interpreter that gets the config pickled. This parent does
     no share of its own, so the child must do the whole job."""
     monkeypatch.syspath_prepend(str(PROGRAMS))  # the spawned child inherits sys.path
-    db = tmp_path / "index.db"
-    path = write_config(
-        tmp_path / "cfg.toml",
-        feed,
-        f"sqlite:{db}",
-        sink="reducers.sqlite:SqliteSink",
-        table="rows",
-        delay=0.0,
-        pipeline="txs",
-    )
+    db, path = sqlite_job(tmp_path, feed, delay=0.0)
     overrides = {
         "run.last_checkpoint": COUNT - 1,
         "metrics.enabled": False,
@@ -247,16 +235,7 @@ def test_children_are_spawned_where_forking_is_unsafe(
 
 
 def test_status_shows_leases_and_reset_waits_for_them(feed: Path, tmp_path: Path) -> None:
-    db = tmp_path / "index.db"
-    config = write_config(
-        tmp_path / "cfg.toml",
-        feed,
-        f"sqlite:{db}",
-        sink="reducers.sqlite:SqliteSink",
-        table="rows",
-        delay=0.0,
-        pipeline="txs",
-    )
+    db, config = sqlite_job(tmp_path, feed, delay=0.0)
 
     async def lease() -> Claim:
         async with SqliteClaimStore(db) as claims:
@@ -345,16 +324,7 @@ def _kill_one_and_finish(tmp_path: Path, config: Path, claims: str, rows: Any) -
 def test_sigkill_one_of_two_processes_and_the_job_completes_exactly_once(
     feed: Path, tmp_path: Path
 ) -> None:
-    db = tmp_path / "index.db"
-    config = write_config(
-        tmp_path / "cfg.toml",
-        feed,
-        f"sqlite:{db}",
-        sink="reducers.sqlite:SqliteSink",
-        table="rows",
-        delay=0.01,
-        pipeline="txs",
-    )
+    db, config = sqlite_job(tmp_path, feed, delay=0.01)
 
     def rows() -> int:
         if not db.exists():
