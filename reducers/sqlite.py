@@ -86,7 +86,9 @@ class SqliteSink(Reducer[Sequence[Row]]):
         for message in batch:
             if not message:
                 continue
-            if isinstance(message[0], Mapping):
+            if type(message[0]) is tuple:  # the usual case, without an ABC check
+                rows.extend(message)
+            elif isinstance(message[0], Mapping):
                 mappings = cast(Sequence[Mapping[str, Any]], message)
                 rows.extend([row[name] for name in names] for row in mappings)
             else:
