@@ -87,7 +87,7 @@ class SqliteSink(Reducer[Sequence[Row]]):
             if not message:
                 continue
             if type(message[0]) is tuple:  # the usual case, without an ABC check
-                rows.extend(message)
+                rows.extend(cast(Sequence[Sequence[Any]], message))
             elif isinstance(message[0], Mapping):
                 mappings = cast(Sequence[Mapping[str, Any]], message)
                 rows.extend([row[name] for name in names] for row in mappings)
