@@ -230,7 +230,16 @@ class IndexerExecutor:
                 if not batch:
                     continue
                 feed.bytes_read += sum(size for _, size in batch)
-                feed.last_read = batch[-1][0].sequence_number
+                feed.last_read = newest = batch[-1][0].sequence_number
+                if len(pools) == 1 and (last is None or newest < last):
+                    # The common case, a batch for one pipeline short of ``last``: no inner loop.
+                    offer, submit = pools[0].offer, pools[0].submit
+                    for checkpoint, size in batch:
+                        if not offer(checkpoint, size):
+                            await submit(checkpoint, size)
+                    if pools[0].error is not None:
+                        return
+                    continue
                 for checkpoint, size in batch:
                     for pool in pools:
                         if not pool.offer(checkpoint, size):

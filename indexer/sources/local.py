@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import structlog
 
 from ..checkpoint import CheckpointDecoder
-from ..errors import ConfigurationError, FeedReadError
+from ..errors import CheckpointDecodeError, ConfigurationError, FeedReadError
 from ._base import CheckpointSource, SourcedBatch
 
 logger = structlog.get_logger("indexer.sources")
@@ -33,6 +33,15 @@ _PRUNE_BY_NAME = 4096
 #: ``latest_sequence_number`` lists the whole directory on every this many calls (once a
 #: minute at the executor's 5 s poll) and probes forward from what it knows in between.
 _LATEST_LIST_EVERY = 12
+
+
+class _Decoded(NamedTuple):
+    """A batch as the reader thread hands it over: the checkpoints before the first bad file,
+    that file's error (or None), and how many files were read."""
+
+    batch: SourcedBatch
+    error: CheckpointDecodeError | None
+    files: int
 
 
 class _Listing(NamedTuple):
@@ -266,24 +275,35 @@ class LocalDirectorySource(CheckpointSource):
         if start < 0:
             raise ValueError(f"start must be >= 0, got {start}")
         loop = asyncio.get_running_loop()
-        executor, read, batch_size = self._executor, self._read_run, self.batch_size
+        executor, read_run, batch_size = self._executor, self._read_run, self.batch_size
         decode_run, prefix = decoder.decode_run, self._prefix
         stop = last + 1 if last is not None else None  # the first file never to read
 
         def size(n: int) -> int:
             return batch_size if stop is None else min(batch_size, stop - n)
 
+        def origin(i: int) -> str:
+            return f"{prefix}{i}.chk"
+
+        def read(n: int, limit: int) -> _Decoded:
+            """In the reader thread: read a batch and decode it while its bytes are fresh."""
+            contents = read_run(n, limit)
+            if not contents:
+                return _Decoded([], None, 0)
+            batch, error = decode_run(contents, n, origin)
+            return _Decoded(batch, error, len(contents))
+
         n = start
         misses = 0
         if stop is not None and n >= stop:
             return
         future = loop.run_in_executor(executor, read, n, size(n))
-        inflight: asyncio.Future[list[bytes]] | None = future  # the read not yet awaited
+        inflight: asyncio.Future[_Decoded] | None = future  # the read not yet awaited
         try:
             while True:
-                contents = await future
+                batch, error, files = await future
                 inflight = None
-                if not contents:
+                if not files:
                     misses += 1
                     if not self.follow or (
                         misses % _LIST_EVERY == 0 and n not in self._warned_gaps
@@ -300,17 +320,15 @@ class LocalDirectorySource(CheckpointSource):
                     future = inflight = loop.run_in_executor(executor, read, n, size(n))
                     continue
                 misses = 0
-                end = n + len(contents)
-                # Read ahead: the next batch is read while this one is decoded and consumed.
-                if stop is None or end < stop:
-                    future = inflight = loop.run_in_executor(executor, read, end, size(end))
-                batch, error = decode_run(contents, n, lambda i: f"{prefix}{i}.chk")
                 if error is not None:
                     if batch:  # hand over the good checkpoints before the bad one
                         yield batch
                     raise error
+                end = n + files
+                # Read ahead: the next batch is read and decoded while this one is consumed.
+                if stop is None or end < stop:
+                    future = inflight = loop.run_in_executor(executor, read, end, size(end))
                 n = end
-                contents.clear()  # the raw bytes need not stay alive while the consumer runs
                 yield batch
                 if stop is not None and n >= stop:
                     return
