@@ -55,7 +55,8 @@ class LocalDirectorySource(CheckpointSource):
     """Reads ``{n}.chk`` msgpack files of ``path`` in order, tailing it when ``follow`` is True.
 
     Files are opened by their expected names (no listing on the fast path), a batch at a time in
-    one dedicated thread, with the next batch read while the consumer handles the current one.
+    one dedicated thread, which also decodes them, with the next batch read and decoded while the
+    consumer handles the current one.
     Without ``follow`` the feed ends at the first missing file.
     """
 
