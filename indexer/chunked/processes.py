@@ -54,8 +54,9 @@ def child_config(config: Config, index: int) -> Config:
 def _child(run_child: Callable[[Config], str], config: Config, index: int) -> None:
     """A child's life: its own session, default signal handling, its share, an exit code."""
     os.setsid()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_DFL)  # the executor installs its own handlers
+    # As in a fresh interpreter, until the executor installs its own handlers.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.environ["INDEXER_PROCESS_INDEX"] = str(index)
     try:
         print(run_child(config), flush=True)
