@@ -231,6 +231,25 @@ async def test_long_retry_gives_the_slot_back_and_runs_again_when_due() -> None:
     assert result.messages == [0, 1, 2, 3, 4]
 
 
+class SlowRescheduling(Rescheduling):
+    async def process_checkpoint(self, checkpoint: Checkpoint) -> int:
+        await asyncio.sleep(0.001)
+        return await super().process_checkpoint(checkpoint)
+
+
+async def test_a_rescheduled_checkpoint_goes_ahead_of_newer_queued_ones() -> None:
+    """When 0 is due again, newer checkpoints are still queued: 0 runs next, not after them."""
+    worker = SlowRescheduling(after=0.02)
+    result = await run_worker(
+        worker, make_checkpoints(300), concurrency=1, reschedule_threshold=0.01
+    )
+    again = worker.calls.index(0, 1)
+    assert 1 < again < 299, worker.calls  # it came back while newer ones were waiting
+    assert worker.calls[:again] == list(range(again))
+    assert worker.calls[again + 1 :] == list(range(again, 300))
+    assert result.messages == list(range(300))
+
+
 async def test_short_retry_waits_in_place() -> None:
     worker = Rescheduling(after=0.02)
     result = await run_worker(worker, make_checkpoints(3), concurrency=1, reschedule_threshold=1)
@@ -381,6 +400,8 @@ async def test_a_reducer_commit_error_on_stop_does_not_hang() -> None:
 
 
 async def test_ready_queue_gives_the_lowest_first_and_wakes_waiting_tasks() -> None:
+    """New checkpoints come in order (``put``); one rescheduled (``put_back``) goes ahead of any
+    higher one, wherever it is queued."""
     from indexer.pipeline.processor import ReadyQueue
 
     queue = ReadyQueue()
@@ -389,15 +410,19 @@ async def test_ready_queue_gives_the_lowest_first_and_wakes_waiting_tasks() -> N
     await asyncio.sleep(0)
     queue.put((7, "seven"))
     assert await asyncio.wait_for(waiting, 1.0) == (7, "seven")
-    for n in (5, 3, 9):
+    for n in (8, 10, 12):
         queue.put((n, str(n)))
-    assert len(queue) == 3
-    assert [queue.pop(), await queue.get(), queue.pop(), queue.pop()] == [
-        (3, "3"),
-        (5, "5"),
-        (9, "9"),
-        None,
-    ]
+    queue.put_back((9, "9"))
+    queue.put_back((3, "3"))
+    queue.put_back((11, "11"))
+    assert len(queue) == 6
+    got = [queue.pop(), await queue.get(), queue.pop(), queue.pop(), queue.pop(), queue.pop()]
+    assert [n for n, _ in got] == [3, 8, 9, 10, 11, 12]
+    assert queue.pop() is None
+    waiting = asyncio.create_task(queue.get())
+    await asyncio.sleep(0)
+    queue.put_back((2, "2"))  # put_back wakes a waiting task too
+    assert await asyncio.wait_for(waiting, 1.0) == (2, "2")
 
 
 async def test_ready_queue_passes_a_wake_on_when_the_woken_task_is_cancelled() -> None:
