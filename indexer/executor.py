@@ -232,12 +232,15 @@ class IndexerExecutor:
                 feed.bytes_read += sum(size for _, size in batch)
                 feed.last_read = newest = batch[-1][0].sequence_number
                 if len(pools) == 1 and (last is None or newest < last):
-                    # The common case, a batch for one pipeline short of ``last``: no inner loop.
-                    offer, submit = pools[0].offer, pools[0].submit
-                    for checkpoint, size in batch:
+                    # The common case, a batch for one pipeline short of ``last``: as much of
+                    # it as the window takes in one go, then the rest one by one.
+                    pool = pools[0]
+                    taken = pool.offer_run(batch)
+                    offer, submit = pool.offer, pool.submit
+                    for checkpoint, size in batch[taken:] if taken else batch:
                         if not offer(checkpoint, size):
                             await submit(checkpoint, size)
-                    if pools[0].error is not None:
+                    if pool.error is not None:
                         return
                     continue
                 for checkpoint, size in batch:

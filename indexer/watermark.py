@@ -125,6 +125,24 @@ class WatermarkTracker:
         self._window.append((sequence_number, weight))
         self.window_bytes += weight
 
+    def admit_run(self, numbers: list[int], weights: list[int]) -> bool:
+        """Track consecutive ``numbers`` (n, n+1, ...) at once without checking the window
+        (the caller made room); False, having done nothing, when they are not consecutive or
+        do not follow what was admitted (``admit_nowait`` one by one then says why)."""
+        if not numbers:
+            return True
+        first = numbers[0]
+        last = self._order[-1] if self._order else self.watermark - 1
+        if first <= last or numbers != list(range(first, first + len(numbers))):
+            return False
+        if not self._order:
+            self.watermark = first
+        self._order.extend(numbers)
+        self._incomplete.update(numbers)
+        self._window.extend(zip(numbers, weights, strict=True))
+        self.window_bytes += sum(weights)
+        return True
+
     def complete(self, sequence_number: int, value: Any = None) -> list[tuple[int, Any]]:
         """Mark ``sequence_number`` done; returns the ``(sequence_number, value)`` pairs that the
         watermark passed because of it, in order (empty when it completed out of order)."""

@@ -81,6 +81,22 @@ def test_admission_must_rise() -> None:
         tracker.admit_nowait(2)
 
 
+def test_admit_run_tracks_consecutive_numbers_or_nothing() -> None:
+    tracker = WatermarkTracker(5, max_count=100, max_bytes=None)
+    assert tracker.admit_run([5, 6, 7], [10, 20, 30])
+    assert (tracker.watermark, tracker.pending, tracker.incomplete) == (5, 3, 3)
+    assert tracker.window_bytes == 60
+    refused = ([8, 10], [9, 8], [7], [7, 8])  # not consecutive, falling, already admitted
+    for numbers in refused:
+        assert not tracker.admit_run(numbers, [1] * len(numbers)), numbers
+    assert (tracker.pending, tracker.window_bytes) == (3, 60)  # nothing of them was tracked
+    assert tracker.admit_run([8, 9], [1, 1])
+    assert [n for n, _ in tracker.complete(5)] == [5]
+    assert tracker.complete(7) == []
+    assert [n for n, _ in tracker.complete(6)] == [6, 7]
+    assert tracker.watermark == 8
+
+
 async def test_full_window_blocks_admission_until_release() -> None:
     tracker = WatermarkTracker(0, max_count=2)
     await tracker.admit(0)

@@ -180,6 +180,27 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
                 self._enqueue((sequence_number, checkpoint))
         return True
 
+    def offer_run(self, batch: list[tuple[Any, int]]) -> int:
+        """Take as many ``(checkpoint, size)`` pairs from the front of ``batch`` as the window
+        has room for, in one go; returns how many were taken (the reader offers or submits the
+        rest one by one). Only the plain case is done here, consecutive checkpoints at or above
+        the start with no byte bound and no preprocess hook; otherwise it takes none."""
+        tracker = self.tracker
+        if self._hooked or self.max_inflight_bytes is not None or self.error is not None:
+            return 0
+        room = tracker.max_count - tracker.pending
+        if room <= 0:
+            return 0
+        taken = batch[:room] if room < len(batch) else batch
+        checkpoints = [checkpoint for checkpoint, _ in taken]
+        numbers = [checkpoint.sequence_number for checkpoint in checkpoints]
+        if numbers[0] < self.start_watermark:
+            return 0
+        if not tracker.admit_run(numbers, [size for _, size in taken]):
+            return 0
+        self.processor.dispatch_run(list(zip(numbers, checkpoints, strict=True)))
+        return len(taken)
+
     async def submit(self, checkpoint: Any, size: int) -> None:
         """Admit one checkpoint (waiting for room), run the preprocess hook, dispatch it."""
         sequence_number = checkpoint.sequence_number

@@ -57,6 +57,12 @@ class ReadyQueue:
         if self._idle:
             self._wake_one()
 
+    def put_run(self, items: list[tuple[int, Any]]) -> None:
+        """``put`` for several new checkpoints, in order."""
+        self._fresh.extend(items)
+        for _ in range(min(len(items), len(self._idle))):
+            self._wake_one()
+
     def put_back(self, item: tuple[int, Any]) -> None:
         """Queue a checkpoint again, in its place among the others."""
         heappush(self._back, item)
@@ -140,6 +146,10 @@ class Processor:
     def enqueue(self) -> Callable[[tuple[int, Any]], None]:
         """``dispatch`` taking ``(sequence_number, checkpoint)``, one call less (hot path)."""
         return self._queue.put
+
+    def dispatch_run(self, items: list[tuple[int, Any]]) -> None:
+        """Queue new ``(sequence_number, checkpoint)`` pairs, in order."""
+        self._queue.put_run(items)
 
     @property
     def queued(self) -> int:
