@@ -160,12 +160,20 @@ class WatermarkTracker:
         order.popleft()
         released = [(sequence_number, value)]
         last = sequence_number
-        while order and order[0] in done:
-            last = order.popleft()
-            released.append((last, done.pop(last)))
-        self.watermark = order[0] if order else last + 1
-        if self._release_on_complete:
-            self.release(self.watermark)
+        if done:
+            while order and order[0] in done:
+                last = order.popleft()
+                released.append((last, done.pop(last)))
+        self.watermark = watermark = order[0] if order else last + 1
+        if self._release_on_complete:  # ``release(watermark)``, inlined: once per checkpoint
+            window = self._window
+            freed = 0
+            while window and window[0][0] < watermark:
+                freed += window.popleft()[1]
+            self.window_bytes -= freed
+            space = self._space
+            if space is not None and not space.done():
+                space.set_result(None)
         return released
 
     def release(self, upto: int) -> None:

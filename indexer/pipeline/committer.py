@@ -83,6 +83,11 @@ class Committer:
         """The watermark rose (used without a reducer)."""
         self._wake.set()
 
+    @property
+    def notifier(self) -> Callable[[], None]:
+        """``notify`` without its own call (the pipeline calls it once per checkpoint)."""
+        return self._wake.set
+
     def window_full(self) -> None:
         """The reader waits for room: commit the open batch instead of waiting for its limits,
         so a batch that could never fill the window cannot deadlock it."""

@@ -144,7 +144,7 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
         )
         self.tracker.on_blocked = committer.window_full
         self._push = committer.push
-        self._notify = committer.notify
+        self._notify = committer.notifier
         self.processor = Processor(
             self.name,
             self.worker,
