@@ -98,7 +98,9 @@ class TransactionalReducer(Reducer[MessageT]):
 
     It needs a ``TransactionalProgressStore`` (SQLite or PostgreSQL); the executor hands
     ``commit_in_transaction`` the store's connection inside a transaction that also raises the
-    watermark, so after a crash each checkpoint's writes are there exactly once.
+    watermark, so after a crash each checkpoint's writes are there exactly once. The connection
+    goes back to the store afterwards: change no session state on it (``SET LOCAL``, not
+    ``SET``; no ``LISTEN`` or session advisory locks).
     """
 
     def uses_store_transaction(self, store: Any) -> bool:

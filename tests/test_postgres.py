@@ -426,3 +426,23 @@ options = {{ table = "txs", schema = "{pg_schema}", columns = {columns} }}
             await conn.close()
 
     assert asyncio.run(look()) == (50, False, 50)
+
+
+async def test_pool_reset_rolls_back_a_transaction_left_open(postgres_dsn: str) -> None:
+    """The stores' pools skip asyncpg's session reset but never hand out a connection that is
+    still inside a transaction."""
+    from indexer.progress.postgres import skip_session_reset
+
+    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=1, reset=skip_session_reset)
+    try:
+        async with pool.acquire() as conn:
+            backend = await conn.fetchval("SELECT pg_backend_pid()")
+            await conn.execute("BEGIN")
+            await conn.execute("CREATE TEMP TABLE left_open (n INT)")
+            assert conn.is_in_transaction()
+        async with pool.acquire() as again:
+            assert await again.fetchval("SELECT pg_backend_pid()") == backend  # the same one
+            assert not again.is_in_transaction()
+            assert await again.fetchval("SELECT to_regclass('pg_temp.left_open')") is None
+    finally:
+        await pool.close()

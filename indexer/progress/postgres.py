@@ -270,6 +270,14 @@ class PostgresProgressStore(TransactionalProgressStore):
             return result
 
 
+async def skip_session_reset(conn: asyncpg.Connection) -> None:
+    """The pools' reset when a connection is given back: nothing beyond what asyncpg always
+    does (roll back a transaction left open). asyncpg's default also resets the session
+    (``RESET ALL``, ``UNLISTEN *``, ...), a round trip per batch committed; the stores keep no
+    session state on their connections (no ``SET``, ``LISTEN``, advisory locks or cursors),
+    and reducers must not either."""
+
+
 async def open_pool(
     dsn: str,
     *,
@@ -291,6 +299,7 @@ async def open_pool(
             max_size=max_size,
             timeout=CONNECT_TIMEOUT,
             server_settings=settings,
+            reset=skip_session_reset,
         )
         async with pool.acquire() as conn:
             await setup(conn)
