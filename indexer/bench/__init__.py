@@ -98,6 +98,18 @@ def run_scenarios(
     return results
 
 
+def _cpu_model() -> str | None:
+    """The CPU's model name where Linux says it (``platform.processor()`` often says nothing)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip() or None
+    except OSError:
+        return None
+    return None
+
+
 def machine(event_loop: str = "auto") -> dict[str, Any]:
     """What the figures were measured on."""
     from .._loop import loop_factory
@@ -108,5 +120,5 @@ def machine(event_loop: str = "auto") -> dict[str, Any]:
         "implementation": platform.python_implementation(),
         "system": f"{platform.system()} {platform.machine()}",
         "cpus": cpu_count(),
-        "processor": platform.processor() or None,
+        "processor": _cpu_model() or platform.processor() or None,
     }

@@ -40,9 +40,8 @@ def print_table(results: list[Result], info: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(
-        title=f"indexer bench ({info['cpus']} CPUs, Python {info['python']}, {info['event_loop']})"
-    )
+    cpu = f"{info['cpus']} CPUs" + (f" {info['processor']}" if info["processor"] else "")
+    table = Table(title=f"indexer bench ({cpu}, Python {info['python']}, {info['event_loop']})")
     for column in ("scenario", "figure", "reference", "unit", "ratio", "bar", ""):
         justify = "left" if column in ("scenario", "unit", "bar", "") else "right"
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
