@@ -79,13 +79,10 @@ class Committer:
         self._items.extend(released)
         self._wake.set()
 
-    def notify(self) -> None:
-        """The watermark rose (used without a reducer)."""
-        self._wake.set()
-
     @property
     def notifier(self) -> Callable[[], None]:
-        """``notify`` without its own call (the pipeline calls it once per checkpoint)."""
+        """What to call when the watermark rose (used without a reducer): the wake event's
+        ``set`` itself, as the pipeline calls it once per checkpoint."""
         return self._wake.set
 
     def window_full(self) -> None:
