@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from .errors import ConfigurationError
 
-__all__ = ["EventLoopName", "loop_factory", "run_on"]
+__all__ = ["EVENT_LOOPS", "EventLoopName", "loop_factory", "run_on"]
 
 T = TypeVar("T")
 EventLoopName = Literal["auto", "uvloop", "asyncio"]
+#: The names ``run.event_loop`` and ``--event-loop`` accept.
+EVENT_LOOPS: list[str] = list(get_args(EventLoopName))
 
 
 def loop_factory(name: str = "auto") -> Callable[[], asyncio.AbstractEventLoop] | None:

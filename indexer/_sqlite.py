@@ -194,8 +194,12 @@ class SharedConnection:
 
     async def run(self, action: str, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         """One statement on the held connection ``exclusive`` yielded (see ``checked``)."""
+        return await self.run_all(action, [(sql, tuple(params))])
+
+    async def run_all(self, action: str, statements: Sequence[Statement]) -> list[Any]:
+        """``run`` for several statements in one hop; the last one's rows."""
         async with self.exclusive() as conn:
-            return await self.checked(conn, action, sql, params)
+            return await self.checked_all(conn, action, statements)
 
     async def checked(
         self, conn: aiosqlite.Connection, action: str, sql: str, params: Iterable[Any] = ()

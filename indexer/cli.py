@@ -20,7 +20,7 @@ import click
 import msgspec
 
 from . import __version__
-from ._loop import run_on
+from ._loop import EVENT_LOOPS, run_on
 from .app import build_executor
 from .config import Config, load_config, mask_dsn, parse_address
 from .errors import failure_exit
@@ -182,7 +182,7 @@ def main() -> None:
 )
 @click.option(
     "--event-loop",
-    type=click.Choice(["auto", "uvloop", "asyncio"]),
+    type=click.Choice(EVENT_LOOPS),
     envvar="INDEXER_EVENT_LOOP",
     help="auto: uvloop when installed, else asyncio (run.event_loop) [env INDEXER_EVENT_LOOP].",
 )

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from ._loop import EventLoopName
 from .errors import ConfigurationError
 
 __all__ = [
@@ -67,7 +68,7 @@ class RunConfig(_Section):
     last_checkpoint: int | None = None
     pipelines: list[str] = msgspec.field(default_factory=list)
     #: "auto" (uvloop when installed), "uvloop" or "asyncio".
-    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    event_loop: EventLoopName = "auto"
 
 
 class MetricsConfig(_Section):

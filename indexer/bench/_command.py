@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from .._loop import EVENT_LOOPS
 from . import SCENARIOS, Result, machine, run_scenarios
 
 _UNITS = {"checkpoints/s": "cp/s", "rows/s": "rows/s", "MB peak RSS": "MB"}
@@ -113,7 +114,7 @@ def plot_concurrency(path: Path, quick: bool, event_loop: str = "auto") -> dict[
 )
 @click.option(
     "--event-loop",
-    type=click.Choice(["auto", "uvloop", "asyncio"]),
+    type=click.Choice(EVENT_LOOPS),
     default="auto",
     show_default=True,
     help="The loop both sides of every scenario run on (auto: uvloop when installed).",

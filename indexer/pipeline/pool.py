@@ -158,7 +158,7 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
             stats=self.stats,
             timed=timed,
         )
-        self._enqueue = self.processor.enqueue
+        self._enqueue = self.processor.queue.put
         self._committer_task = asyncio.create_task(committer.run(), name=f"{self.name}:commit")
         self._committer_task.add_done_callback(self._committer_done)
         await self.processor.start()
@@ -198,7 +198,7 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
             return 0
         if not tracker.admit_run(numbers, [size for _, size in taken]):
             return 0
-        self.processor.dispatch_run(list(zip(numbers, checkpoints, strict=True)))
+        self.processor.queue.put_run(list(zip(numbers, checkpoints, strict=True)))
         return len(taken)
 
     async def submit(self, checkpoint: Any, size: int) -> None:
@@ -222,7 +222,7 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
                     )
                 )
                 return
-        self.processor.dispatch(sequence_number, checkpoint)
+        self._enqueue((sequence_number, checkpoint))
 
     def _complete_no_reducer(self, sequence_number: int, message: Any) -> None:
         self.stats.processed += 1

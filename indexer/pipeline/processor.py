@@ -133,27 +133,15 @@ class Processor:
         self._on_complete = on_complete
         self._on_halt = on_halt
         self._dead_letter = dead_letter
-        self._queue = ReadyQueue()
+        #: Where checkpoints wait for a free task; the pipeline puts them here.
+        self.queue = ReadyQueue()
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._aiopool: AioPool | None = None
         self._tasks: list[asyncio.Future[Any]] = []
 
-    def dispatch(self, sequence_number: int, checkpoint: Any) -> None:
-        """Queue a checkpoint for the next free task."""
-        self._queue.put((sequence_number, checkpoint))
-
-    @property
-    def enqueue(self) -> Callable[[tuple[int, Any]], None]:
-        """``dispatch`` taking ``(sequence_number, checkpoint)``, one call less (hot path)."""
-        return self._queue.put
-
-    def dispatch_run(self, items: list[tuple[int, Any]]) -> None:
-        """Queue new ``(sequence_number, checkpoint)`` pairs, in order."""
-        self._queue.put_run(items)
-
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return len(self.queue)
 
     async def start(self) -> None:
         self._aiopool = AioPool(size=self.concurrency)
@@ -165,7 +153,7 @@ class Processor:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        queue = self._queue
+        queue = self.queue
         queue.clear()
         for _ in self._tasks:
             queue.put(_STOP)
@@ -180,7 +168,7 @@ class Processor:
             await self._aiopool.cancel()
 
     async def _run(self) -> None:
-        get, pop = self._queue.get, self._queue.pop
+        get, pop = self.queue.get, self.queue.pop
         process = self.worker.process_checkpoint
         complete = self._on_complete
         histogram = self.stats.processing_seconds
@@ -259,7 +247,7 @@ class Processor:
         def due() -> None:
             self._timers.pop(sequence_number, None)
             if not self._stopping.is_set():
-                self._queue.put_back((sequence_number, checkpoint))
+                self.queue.put_back((sequence_number, checkpoint))
 
         loop = asyncio.get_running_loop()
         self._timers[sequence_number] = loop.call_later(after, due)

@@ -89,9 +89,8 @@ class SqliteProgressStore(TransactionalProgressStore):
 
     async def save(self, pipeline: str, watermark: int) -> int:
         """Raise the watermark with one rise-only upsert; returns the value now stored."""
-        async with self._db.exclusive() as conn:
-            await self._db.checked(conn, "save", _RAISE, (pipeline, watermark, time.time()))
-            rows = await self._db.checked(conn, "save", _LOAD, (pipeline,))
+        statements = [(_RAISE, (pipeline, watermark, time.time())), (_LOAD, (pipeline,))]
+        rows = await self._db.run_all("save", statements)
         return int(rows[0][0])
 
     async def reset(self, pipeline: str, watermark: int) -> None:
