@@ -415,9 +415,11 @@ options = {{ table = "txs", schema = "{pg_schema}", columns = {columns} }}
                 f'SELECT next_checkpoint FROM "{pg_schema}".indexer_watermarks WHERE pipeline = $1',
                 pipeline,
             )
+            # Two statements: one naming a missing table fails to plan, whatever guards it.
             public = await conn.fetchval(
-                "SELECT to_regclass('public.indexer_watermarks') IS NOT NULL AND EXISTS "
-                "(SELECT 1 FROM public.indexer_watermarks WHERE pipeline = $1)",
+                "SELECT to_regclass('public.indexer_watermarks') IS NOT NULL"
+            ) and await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM public.indexer_watermarks WHERE pipeline = $1)",
                 pipeline,
             )
             rows = await conn.fetchval(f'SELECT count(DISTINCT checkpoint) FROM "{pg_schema}".txs')
