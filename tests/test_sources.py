@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
-import threading
 import time
 from contextlib import aclosing
 from itertools import pairwise
@@ -186,30 +185,6 @@ async def test_local_directory_starts_in_the_middle(tmp_path: Path) -> None:
     source = LocalDirectorySource(tmp_path, follow=False, batch_size=8)
     assert numbers(await collect(source, start=37)) == list(range(37, 60))
     assert await collect(source, start=60) == []
-    await source.close()
-
-
-async def test_reads_run_in_the_thread_with_one_batch_read_ahead(tmp_path: Path) -> None:
-    await make_feed(tmp_path, 40)
-    source = LocalDirectorySource(tmp_path, follow=False, batch_size=10)
-    reads: list[tuple[int, int]] = []
-    second_read = threading.Event()
-    original = source._read_run
-
-    def spy(start: int, limit: int) -> list[bytes]:
-        reads.append((start, threading.get_ident()))
-        if len(reads) == 2:
-            second_read.set()
-        return original(start, limit)
-
-    source._read_run = spy  # type: ignore[method-assign]
-    async with aclosing(source.stream(0, CheckpointDecoder())) as batches:
-        first = await anext(batches)
-        assert len(first) == 10
-        # The read of the next batch starts before the consumer asks for it, and only that one.
-        assert await asyncio.to_thread(second_read.wait, 1.0)
-        assert [start for start, _ in reads] == [0, 10]
-        assert threading.get_ident() not in {thread for _, thread in reads}
     await source.close()
 
 

@@ -1,0 +1,257 @@
+"""Where the local feed reads its files: on the event loop while they are in memory, in the
+reader thread (one batch read ahead) while they are not."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+import threading
+from contextlib import aclosing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from indexer.checkpoint import Checkpoint, CheckpointDecoder, Event, Transaction, encode_checkpoint
+from indexer.errors import CheckpointDecodeError
+from indexer.sources import (
+    LocalDirectorySource,
+    SyntheticSource,
+    _feed_files,
+    write_checkpoint_file,
+    write_feed,
+)
+from indexer.sources._feed_files import FileRun
+
+pytestmark = pytest.mark.skipif(
+    _feed_files.NOWAIT is None, reason="reads that do not wait for the disk are Linux-only"
+)
+
+
+class Reads:
+    """Records, for each run the source reads, where it started and on which thread."""
+
+    def __init__(self, source: LocalDirectorySource) -> None:
+        self.loop: list[int] = []  # runs read on the event loop (files in memory)
+        self.thread: list[int] = []  # runs read in the reader thread
+        self.threads: set[int] = set()
+        files = source._files
+        read_cached, read = files.read_cached, files.read
+
+        def spy_cached(start: int, limit: int, decoder: CheckpointDecoder[Any]) -> FileRun:
+            run = read_cached(start, limit, decoder)
+            if run.files:
+                self.loop.append(start)
+            self.threads.add(threading.get_ident())
+            return run
+
+        def spy_read(start: int, limit: int, decoder: CheckpointDecoder[Any]) -> FileRun:
+            self.thread.append(start)
+            self.threads.add(threading.get_ident())
+            return read(start, limit, decoder)
+
+        files.read_cached = spy_cached  # type: ignore[method-assign]
+        files.read = spy_read  # type: ignore[method-assign]
+
+
+async def make_feed(directory: Path, count: int) -> SyntheticSource:
+    synthetic = SyntheticSource(seed=3)
+    assert await write_feed(synthetic, directory, count=count) == count
+    return synthetic
+
+
+async def read_all(source: LocalDirectorySource) -> list[list[tuple[Any, int]]]:
+    async with aclosing(source.stream(0, CheckpointDecoder())) as batches:
+        return [batch async for batch in batches]
+
+
+def numbers(batches: list[list[tuple[Any, int]]]) -> list[int]:
+    return [checkpoint.sequence_number for batch in batches for checkpoint, _ in batch]
+
+
+def number_of(fd: int) -> int:
+    """The feed number of an open ``{n}.chk`` file."""
+    return int(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).removesuffix(".chk"))
+
+
+def in_memory(path: Path) -> bool:
+    """Whether the first page of ``path`` is in the page cache, asked with mincore(2), which
+    starts no read (a read that does not wait starts one)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY) as mapped:
+        first = ctypes.c_char.from_buffer(mapped)
+        vector = ctypes.create_string_buffer(1)
+        failed = libc.mincore(ctypes.addressof(first), 1, vector)
+        del first  # the mapping cannot close while this view of it lives
+        assert failed == 0, os.strerror(ctypes.get_errno())
+        resident = bool(vector.raw[0] & 1)
+    return resident
+
+
+def evict(directory: Path, numbers: range) -> bool:
+    """Drop files from the page cache; False when this file system keeps them in memory."""
+    for n in numbers:
+        fd = os.open(directory / f"{n}.chk", os.O_RDONLY)
+        try:
+            os.fsync(fd)  # only clean pages can be dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return not any(in_memory(directory / f"{n}.chk") for n in numbers)
+
+
+async def test_files_in_memory_are_read_on_the_loop_64_at_a_time(tmp_path: Path) -> None:
+    synthetic = await make_feed(tmp_path, 200)  # just written: in the page cache
+    source = LocalDirectorySource(tmp_path, follow=False)  # batch_size 256
+    reads = Reads(source)
+    batches = await read_all(source)
+    await source.close()
+    assert numbers(batches) == list(range(200))
+    assert [len(batch) for batch in batches] == [64, 64, 64, 8]
+    assert reads.loop == [0, 64, 128, 192] and reads.thread == []
+    assert reads.threads == {threading.get_ident()}
+    for batch in batches:
+        for checkpoint, size in batch:
+            n = checkpoint.sequence_number
+            assert checkpoint == synthetic.checkpoint_at(n)
+            assert size == (tmp_path / f"{n}.chk").stat().st_size
+
+
+async def test_files_on_disk_are_read_in_the_thread_one_batch_ahead(tmp_path: Path) -> None:
+    """Real eviction from the page cache: the loop reads 0-9, meets 10 on disk, and the thread
+    reads the rest with the next batch always in flight."""
+    await make_feed(tmp_path, 40)
+    if not evict(tmp_path, range(10, 40)):
+        pytest.skip("this file system does not drop files from memory on request")
+    source = LocalDirectorySource(tmp_path, follow=False, batch_size=10)
+    reads = Reads(source)
+    batches = await read_all(source)
+    await source.close()
+    assert numbers(batches) == list(range(40))
+    assert reads.loop == [0]
+    assert reads.thread == [10, 20, 30, 40]  # 40 is the read ahead that found the end
+    assert len(reads.threads) == 2
+
+
+def kernel(monkeypatch: pytest.MonkeyPatch, answer: Any) -> None:
+    """Make reads that must not wait (``preadv`` with flags) answer as ``answer(n, read)`` does
+    for file ``n``, where ``read()`` is the real read."""
+    preadv = os.preadv
+
+    def fake(fd: int, buffers: Any, offset: int, flags: int = 0) -> int:
+        if not flags:
+            return preadv(fd, buffers, offset)
+        return answer(number_of(fd), lambda: preadv(fd, buffers, offset, flags))  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(os, "preadv", fake)
+
+
+def on_disk(monkeypatch: pytest.MonkeyPatch, numbers: set[int]) -> None:
+    """Make the kernel answer, for these files, that reading them would wait for the disk."""
+
+    def answer(n: int, read: Any) -> int:
+        if n in numbers:
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        return read()  # type: ignore[no-any-return]
+
+    kernel(monkeypatch, answer)
+
+
+async def test_back_on_the_loop_at_the_first_file_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await make_feed(tmp_path, 60)
+    on_disk(monkeypatch, set(range(20, 35)))
+    source = LocalDirectorySource(tmp_path, follow=False, batch_size=10)
+    reads = Reads(source)
+    batches = await read_all(source)
+    await source.close()
+    assert numbers(batches) == list(range(60))
+    # 20-29 all waited for the disk, so 30 on was read ahead in the thread, which stopped at 35,
+    # in memory: the loop reads on from there.
+    assert reads.thread == [20, 30]
+    assert reads.loop == [0, 10, 35, 45, 55]
+
+
+async def test_a_file_dropped_from_memory_here_and_there_costs_one_hop_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await make_feed(tmp_path, 100)
+    on_disk(monkeypatch, {5, 17})
+    source = LocalDirectorySource(tmp_path, follow=False)
+    reads = Reads(source)
+    batches = await read_all(source)
+    await source.close()
+    assert numbers(batches) == list(range(100))
+    assert [len(batch) for batch in batches] == [5, 1, 11, 1, 64, 18]
+    assert reads.thread == [5, 17]
+    assert reads.loop == [0, 6, 18, 82]
+
+
+async def test_a_part_read_from_memory_is_read_again_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read that does not wait may return only the part of a file that is in memory: it
+    must not be taken for a corrupt file."""
+    synthetic = await make_feed(tmp_path, 10)
+    kernel(monkeypatch, lambda n, read: read() // 2 if n == 5 else read())
+    source = LocalDirectorySource(tmp_path, follow=False)
+    reads = Reads(source)
+    batches = await read_all(source)
+    await source.close()
+    assert [checkpoint for batch in batches for checkpoint, _ in batch] == [
+        synthetic.checkpoint_at(n) for n in range(10)
+    ]
+    assert reads.loop == [0, 6] and reads.thread == [5]  # 5 read whole in the thread
+
+
+async def test_a_corrupt_file_is_an_error_from_either_path(tmp_path: Path) -> None:
+    await make_feed(tmp_path, 10)
+    corrupt = tmp_path / "5.chk"
+    corrupt.write_bytes(corrupt.read_bytes()[:100])
+    source = LocalDirectorySource(tmp_path, follow=False)
+    reads = Reads(source)
+    seen: list[int] = []
+    with pytest.raises(CheckpointDecodeError, match=r"5\.chk: checkpoint 5 cannot be decoded"):
+        async with aclosing(source.stream(0, CheckpointDecoder())) as batches:
+            async for batch in batches:
+                seen.extend(checkpoint.sequence_number for checkpoint, _ in batch)
+    await source.close()
+    assert seen == [0, 1, 2, 3, 4]
+    assert reads.loop == [0] and reads.thread == [5]  # the thread's read is the one that counts
+
+
+async def test_a_file_system_without_nowait_reads_in_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await make_feed(tmp_path, 30)
+
+    def refuse(n: int, read: Any) -> int:
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+    kernel(monkeypatch, refuse)
+    source = LocalDirectorySource(tmp_path, follow=False, batch_size=10)
+    reads = Reads(source)
+    batches = await read_all(source)
+    await source.close()
+    assert numbers(batches) == list(range(30))
+    assert source._files.nowait is None
+    assert reads.loop == [] and reads.thread == [0, 10, 20, 30]
+
+
+async def test_a_large_file_in_memory_is_read_whole_on_the_loop(tmp_path: Path) -> None:
+    big = Checkpoint(
+        sequence_number=0,
+        timestamp_ms=1,
+        transactions=[Transaction("d", "s", [Event("blob", {"data": "x" * 200_000})])],
+    )
+    write_checkpoint_file(tmp_path, big)
+    source = LocalDirectorySource(tmp_path, follow=False)
+    reads = Reads(source)
+    [[(checkpoint, size)]] = await read_all(source)
+    await source.close()
+    assert checkpoint == big and size == len(encode_checkpoint(big))
+    assert reads.loop == [0] and reads.thread == []
