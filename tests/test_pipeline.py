@@ -439,3 +439,50 @@ async def test_ready_queue_passes_a_wake_on_when_the_woken_task_is_cancelled() -
     assert await asyncio.wait_for(second, 1.0) == (1, "one")
     with pytest.raises(asyncio.CancelledError):
         await first
+
+
+async def test_ready_queue_wakes_more_tasks_only_for_items_left_over() -> None:
+    """A run of items wakes one idle task at once, the others only for what it left: a task
+    that takes the whole run without suspending leaves the others' waits undisturbed, and
+    tasks that suspend on their items get one item each."""
+    from indexer.pipeline.processor import ReadyQueue
+
+    queue = ReadyQueue()
+    taken: dict[int, list[int]] = {i: [] for i in range(4)}
+    release = asyncio.Event()
+
+    async def greedy(i: int) -> None:  # takes all it can without suspending
+        n, _ = await queue.get()
+        taken[i].append(n)
+        while (item := queue.pop()) is not None:
+            taken[i].append(item[0])
+
+    tasks = [asyncio.create_task(greedy(i)) for i in range(4)]
+    await asyncio.sleep(0)
+    waits = list(queue._idle)
+    queue.put_run([(n, None) for n in range(10)])
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert sorted(len(t) for t in taken.values()) == [0, 0, 0, 10]
+    assert list(queue._idle) == waits[1:]  # the same waits: nobody else was woken
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def patient(i: int) -> None:  # suspends on each item
+        while True:
+            n, _ = await queue.get()
+            taken[i].append(n)
+            await release.wait()
+
+    taken = {i: [] for i in range(4)}
+    tasks = [asyncio.create_task(patient(i)) for i in range(4)]
+    await asyncio.sleep(0)
+    queue.put_run([(n, None) for n in range(10)])
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert sorted(n for t in taken.values() for n in t) == [0, 1, 2, 3]  # all four busy
+    assert len(queue) == 6
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -41,12 +41,13 @@ class ReadyQueue:
     twice the Python calls per item, which shows at half a million checkpoints a second.
     """
 
-    __slots__ = ("_back", "_fresh", "_idle")
+    __slots__ = ("_back", "_fresh", "_idle", "_spread_pending")
 
     def __init__(self) -> None:
         self._fresh: deque[tuple[int, Any]] = deque()
         self._back: list[tuple[int, Any]] = []
         self._idle: deque[asyncio.Future[None]] = deque()
+        self._spread_pending = False
 
     def __len__(self) -> int:
         return len(self._fresh) + len(self._back)
@@ -58,9 +59,22 @@ class ReadyQueue:
             self._wake_one()
 
     def put_run(self, items: list[tuple[int, Any]]) -> None:
-        """``put`` for several new checkpoints, in order."""
+        """``put`` for several new checkpoints, in order.
+
+        One idle task is woken now, the others only if items are left once it has run: a
+        worker that never suspends takes the whole run itself, and waking a task per item
+        would have the rest find the queue empty and go back to waiting."""
         self._fresh.extend(items)
-        for _ in range(min(len(items), len(self._idle))):
+        if self._idle:
+            self._wake_one()
+            if len(items) > 1 and self._idle and not self._spread_pending:
+                self._spread_pending = True
+                asyncio.get_running_loop().call_soon(self._spread)
+
+    def _spread(self) -> None:
+        """Wake an idle task for each item still queued."""
+        self._spread_pending = False
+        for _ in range(min(len(self), len(self._idle))):
             self._wake_one()
 
     def put_back(self, item: tuple[int, Any]) -> None:
