@@ -103,15 +103,15 @@ def evict(directory: Path, numbers: range) -> bool:
     return not any(in_memory(directory / f"{n}.chk") for n in numbers)
 
 
-async def test_files_in_memory_are_read_on_the_loop_64_at_a_time(tmp_path: Path) -> None:
+async def test_files_in_memory_are_read_on_the_loop_32_at_a_time(tmp_path: Path) -> None:
     synthetic = await make_feed(tmp_path, 200)  # just written: in the page cache
     source = LocalDirectorySource(tmp_path, follow=False)  # batch_size 256
     reads = Reads(source)
     batches = await read_all(source)
     await source.close()
     assert numbers(batches) == list(range(200))
-    assert [len(batch) for batch in batches] == [64, 64, 64, 8]
-    assert reads.loop == [0, 64, 128, 192] and reads.thread == []
+    assert [len(batch) for batch in batches] == [32] * 6 + [8]
+    assert reads.loop == list(range(0, 200, 32)) and reads.thread == []
     assert reads.threads == {threading.get_ident()}
     for batch in batches:
         for checkpoint, size in batch:
@@ -186,9 +186,9 @@ async def test_a_file_dropped_from_memory_here_and_there_costs_one_hop_each(
     batches = await read_all(source)
     await source.close()
     assert numbers(batches) == list(range(100))
-    assert [len(batch) for batch in batches] == [5, 1, 11, 1, 64, 18]
+    assert [len(batch) for batch in batches] == [5, 1, 11, 1, 32, 32, 18]
     assert reads.thread == [5, 17]
-    assert reads.loop == [0, 6, 18, 82]
+    assert reads.loop == [0, 6, 18, 50, 82]
 
 
 async def test_a_part_read_from_memory_is_read_again_whole(

@@ -34,11 +34,11 @@ _PRUNE_BY_NAME = 4096
 #: ``latest_sequence_number`` lists the whole directory on every this many calls (once a
 #: minute at the executor's 5 s poll) and probes forward from what it knows in between.
 _LATEST_LIST_EVERY = 12
-#: Files read on the event loop between two turns of it: ~64 x 2 KB read and ~64 x 7 KB decoded
-#: stay in one core's L2 cache (a read-ahead of 256 decoded checkpoints did not, and ran at
-#: half speed when other tenants of the machine filled the shared L3), and the loop is held
-#: for under half a millisecond.
-_LOOP_RUN = 64
+#: Files read on the event loop between two turns of it. ~32 x 2 KB read and ~32 x 7 KB decoded
+#: stay in one core's L2 cache; a read-ahead of 256 decoded checkpoints did not, and ran at half
+#: speed when another tenant of the machine filled the shared L3 (32 held 0.82 of the bare loop
+#: there, 64 0.74-0.81). The loop is held for about a quarter of a millisecond.
+_LOOP_RUN = 32
 
 
 class _Listing(NamedTuple):
@@ -52,10 +52,10 @@ class LocalDirectorySource(CheckpointSource):
     """Reads ``{n}.chk`` msgpack files of ``path`` in order, tailing it when ``follow`` is True.
 
     Files are opened by their expected names (no listing on the fast path). Files the kernel
-    holds in memory, as a live feed's newest are, are read and decoded on the event loop, 64 at
-    a time, without ever waiting for the disk; from the first file that is not, batches are
-    read and decoded in one dedicated thread, the next while the consumer handles the current
-    one, until a batch comes all from memory again (``FeedFiles``).
+    holds in memory, as a live feed's newest are, are read and decoded on the event loop, 32 at
+    a time, never waiting for the disk. A file that is not is read in one dedicated thread,
+    with those after it up to the first in memory; while whole batches come from the disk,
+    the thread reads the next while the consumer handles the current one (``FeedFiles``).
     Without ``follow`` the feed ends at the first missing file.
     """
 
