@@ -242,16 +242,22 @@ async def test_a_file_system_without_nowait_reads_in_the_thread(
     assert reads.loop == [] and reads.thread == [0, 10, 20, 30]
 
 
-async def test_a_large_file_in_memory_is_read_whole_on_the_loop(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["memory", "disk"])
+async def test_a_large_file_is_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Larger than one 64 KiB read: on the loop (in memory) and in the thread (on disk)."""
     big = Checkpoint(
         sequence_number=0,
         timestamp_ms=1,
         transactions=[Transaction("d", "s", [Event("blob", {"data": "x" * 200_000})])],
     )
     write_checkpoint_file(tmp_path, big)
+    if where == "disk":
+        on_disk(monkeypatch, {0})
     source = LocalDirectorySource(tmp_path, follow=False)
     reads = Reads(source)
     [[(checkpoint, size)]] = await read_all(source)
     await source.close()
     assert checkpoint == big and size == len(encode_checkpoint(big))
-    assert reads.loop == [0] and reads.thread == []
+    assert (reads.loop, reads.thread) == (([0], []) if where == "memory" else ([], [0]))

@@ -18,8 +18,6 @@ from structlog.testing import capture_logs
 from indexer.checkpoint import (
     Checkpoint,
     CheckpointDecoder,
-    Event,
-    Transaction,
     encode_checkpoint,
 )
 from indexer.errors import CheckpointDecodeError, ConfigurationError, FeedReadError
@@ -215,19 +213,6 @@ async def test_synthetic_stream_to_generates_nothing_past_last() -> None:
     assert numbers([b async for b in bounded.stream_to(5, 40, CheckpointDecoder())]) == list(
         range(5, 20)
     )
-
-
-async def test_large_checkpoint_is_read_whole(tmp_path: Path) -> None:
-    big = Checkpoint(
-        sequence_number=0,
-        timestamp_ms=1,
-        transactions=[Transaction("d", "s", [Event("blob", {"data": "x" * 200_000})])],
-    )
-    write_checkpoint_file(tmp_path, big)
-    source = LocalDirectorySource(tmp_path, follow=False)
-    [[(checkpoint, size)]] = await collect(source)
-    await source.close()
-    assert checkpoint == big and size == len(encode_checkpoint(big))
 
 
 async def test_custom_checkpoint_type(tmp_path: Path) -> None:
