@@ -20,6 +20,8 @@ from ._base import SourcedBatch
 _READ_SIZE = 1 << 16
 #: The ``preadv`` flag for "fail rather than wait for the disk" (Linux 4.14+), else None.
 NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None) if hasattr(os, "preadv") else None
+#: The advice that starts reading a file into memory without waiting for it, else None.
+_WILLNEED: int | None = getattr(os, "POSIX_FADV_WILLNEED", None)
 #: What a file system without ``RWF_NOWAIT`` for buffered reads answers.
 _UNSUPPORTED = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
 
@@ -43,6 +45,7 @@ class FeedFiles:
         self.prefix = os.path.join(directory, "")
         self.nowait = NOWAIT  # None once the file system refuses RWF_NOWAIT
         self.read_below = 0  # files below this number have been read (so they exist)
+        self._advised_below = 0  # files below this number have been advised (_advise)
         self._buffer = bytearray(_READ_SIZE)
         self._buffers = [self._buffer]
         self._view = memoryview(self._buffer)
@@ -138,21 +141,32 @@ class FeedFiles:
 
     # -- in the reader thread ---------------------------------------------------------------
 
-    def read(self, start: int, limit: int, decoder: CheckpointDecoder[Any]) -> FileRun:
-        """Read and decode files from ``start`` (at most ``limit``), waiting for the disk, up to
-        the first missing one or the first after ``start`` that is in memory (the loop reads
-        those); ``cold`` when all ``limit`` were read, so the next ones are likely on disk too.
+    def read(
+        self, start: int, limit: int, decoder: CheckpointDecoder[Any], *, prefetch: bool = False
+    ) -> FileRun:
+        """Read and decode files from ``start`` (at most ``limit``, up to a missing one),
+        waiting for the disk; ``cold`` when all ``limit`` were read and some had to wait, so
+        the next ones are likely on disk too.
 
-        A file or two the kernel dropped from memory thus costs one hop to this thread, and a
-        feed on disk is read here, a batch at a time."""
+        If the second file is in memory, the run ends there: a file the kernel dropped here
+        and there costs one hop to this thread, and the loop reads on. If it is not, or at
+        once with ``prefetch``, the kernel is asked to read the rest of the run, and at the end
+        the next run, all together (POSIX_FADV_WILLNEED): one file at a time, a disk serves a
+        fraction of the reads it can do at once."""
         contents: list[bytes] = []
+        advised = prefetch and self._advise(start, start + limit)
+        waited = 0
         for n in range(start, start + limit):
             fd = self._open(n, not contents)
             if fd is None:
                 break
             try:
-                if contents and self.nowait is not None and self._in_memory(fd):
-                    break
+                in_memory = self.nowait is not None and self._in_memory(fd)
+                if contents and not advised:
+                    if in_memory:
+                        break
+                    advised = self._advise(n + 1, start + limit)
+                waited += not in_memory
                 data = self._read_all(fd)
             except OSError as exc:
                 if contents:
@@ -163,9 +177,33 @@ class FeedFiles:
             contents.append(data)
         if not contents:
             return FileRun([], None, 0, False)
+        cold = len(contents) == limit and waited > 0
+        if cold and advised:  # the next run is likely read next: its disk reads start now
+            self._advise(start + limit, start + 2 * limit)
         self.read_below = max(self.read_below, start + len(contents))
         batch, error = decoder.decode_run(contents, start, self.path)
-        return FileRun(batch, error, len(contents), len(contents) == limit)
+        return FileRun(batch, error, len(contents), cold)
+
+    def _advise(self, first: int, end: int) -> bool:
+        """Have the kernel start reading files ``first`` to ``end - 1`` (up to a missing one)
+        from the disk, all at once, skipping those advised already; False, doing nothing,
+        where whether a file is in memory cannot be told or the advice does not exist."""
+        if self.nowait is None or _WILLNEED is None:
+            return False
+        prefix = self.prefix
+        for n in range(max(first, self._advised_below), end):
+            try:
+                fd = os.open(f"{prefix}{n}.chk", os.O_RDONLY)
+            except OSError:
+                break
+            try:
+                os.posix_fadvise(fd, 0, 0, _WILLNEED)
+            except OSError:
+                pass  # advice only: the read that follows waits if it must
+            finally:
+                os.close(fd)
+            self._advised_below = n + 1
+        return True
 
     def _in_memory(self, fd: int) -> bool:
         """Whether the start of ``fd`` is in memory: one byte read that does not wait."""

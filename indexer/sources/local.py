@@ -4,6 +4,7 @@ from the disk in a reader thread."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 from collections.abc import AsyncGenerator
@@ -247,8 +248,9 @@ class LocalDirectorySource(CheckpointSource):
         def size(n: int, most: int = batch_size) -> int:
             return most if stop is None else min(most, stop - n)
 
-        def read_ahead(n: int) -> asyncio.Future[FileRun]:
-            return loop.run_in_executor(executor, files.read, n, size(n), decoder)
+        def read_ahead(n: int, prefetch: bool = False) -> asyncio.Future[FileRun]:
+            read = functools.partial(files.read, prefetch=prefetch)
+            return loop.run_in_executor(executor, read, n, size(n), decoder)
 
         n = start
         misses = 0
@@ -273,7 +275,7 @@ class LocalDirectorySource(CheckpointSource):
                         and run.error is None
                         and (stop is None or end < stop)
                     ):
-                        ahead = read_ahead(end)
+                        ahead = read_ahead(end, prefetch=True)
                 batch, error, count, _ = run
                 if not count:
                     misses += 1
