@@ -43,7 +43,8 @@ def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
     expected = {"dispatch", "feed", "io-bound", "reducer-sqlite", "memory", "scale-out"}
     if dsn:
         expected.add("reducer-postgres")
-    assert set(results) == expected
+    # feed-on-disk needs files that can be dropped from the page cache (Linux, not tmpfs).
+    assert expected <= set(results) <= expected | {"feed-on-disk"}
     assert {name.split("-")[0] for name in results} >= {n.split("-")[0] for n in SCENARIOS}
     assert results["scale-out"]["details"]["bare_two_process_speedup"] > 0
     for result in results.values():
