@@ -4,7 +4,8 @@ the reader thread.
 A file the kernel holds in its page cache is read on the event loop, with ``preadv2`` and
 ``RWF_NOWAIT``, which fail rather than wait for the disk: no thread hop, and a few dozen decoded
 checkpoints at a time stay in the core's cache. A file that is not in memory, or a platform
-without ``RWF_NOWAIT``, is read in the reader thread, which may wait for the disk.
+without ``RWF_NOWAIT``, is read in the reader thread, which may wait for the disk, and which
+asks the kernel to read a stretch of such files ahead all together.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class FileRun(NamedTuple):
     batch: SourcedBatch  # the (checkpoint, size) pairs before the first bad file
     error: CheckpointDecodeError | None  # that file's error
     files: int  # how many files were read
-    cold: bool  # the loop stopped at a file not in memory; the thread read all it was asked
+    # the loop stopped at a file not in memory; the thread read all it was asked and waited
+    cold: bool
 
 
 class FeedFiles:
