@@ -54,9 +54,9 @@ class LocalDirectorySource(CheckpointSource):
 
     Files are opened by their expected names (no listing on the fast path). Files the kernel
     holds in memory, as a live feed's newest are, are read and decoded on the event loop, 32 at
-    a time, never waiting for the disk. A file that is not is read in one dedicated thread,
-    with those after it up to the first in memory; while whole batches come from the disk,
-    the thread reads the next while the consumer handles the current one (``FeedFiles``).
+    a time, never waiting for the disk. A file that is not is read in one dedicated thread;
+    when the next is not either, the thread asks the kernel to read the stretch ahead all
+    together, and reads each batch while the consumer handles the one before (``FeedFiles``).
     Without ``follow`` the feed ends at the first missing file.
     """
 
