@@ -123,9 +123,10 @@ async def test_files_in_memory_are_read_on_the_loop_32_at_a_time(tmp_path: Path)
 
 
 async def test_files_on_disk_are_read_in_the_thread(tmp_path: Path) -> None:
-    """Real eviction from the page cache: the loop reads 0-9, meets 10 on disk, and the thread
-    reads the rest, asking the kernel to read them ahead. (Whether a read ahead of 40, past
-    the end, follows depends on how fast the disk served 30-39.)"""
+    """Real eviction from the page cache: the loop reads 0-9, meets 10 on disk, and hands it to
+    the thread. (Which reader takes each later file depends on the disk and the file system:
+    reading one file from disk can bring others into memory, so only the start is pinned;
+    the tests below fake the kernel's answers to pin the rest.)"""
     await make_feed(tmp_path, 40)
     if not evict(tmp_path, range(10, 40)):
         pytest.skip("this file system does not drop files from memory on request")
@@ -134,8 +135,8 @@ async def test_files_on_disk_are_read_in_the_thread(tmp_path: Path) -> None:
     batches = await read_all(source)
     await source.close()
     assert numbers(batches) == list(range(40))
-    assert reads.loop == [0]
-    assert reads.thread[:3] == [10, 20, 30] and reads.thread[3:] in ([], [40])
+    assert len(batches[0]) == 10 and reads.loop[0] == 0
+    assert reads.thread[0] == 10
     assert len(reads.threads) == 2
 
 
