@@ -3,6 +3,7 @@ reader thread (one batch read ahead) while they are not."""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import errno
 import mmap
@@ -48,11 +49,11 @@ class Reads:
             return run
 
         def spy_read(
-            start: int, limit: int, decoder: CheckpointDecoder[Any], *, prefetch: bool = False
+            start: int, limit: int, decoder: CheckpointDecoder[Any], prefetch: bool = False
         ) -> FileRun:
             self.thread.append(start)
             self.threads.add(threading.get_ident())
-            return read(start, limit, decoder, prefetch=prefetch)
+            return read(start, limit, decoder, prefetch)
 
         files.read_cached = spy_cached  # type: ignore[method-assign]
         files.read = spy_read  # type: ignore[method-assign]
@@ -120,6 +121,23 @@ async def test_files_in_memory_are_read_on_the_loop_32_at_a_time(tmp_path: Path)
             n = checkpoint.sequence_number
             assert checkpoint == synthetic.checkpoint_at(n)
             assert size == (tmp_path / f"{n}.chk").stat().st_size
+
+
+async def test_the_loop_turns_between_two_runs_read_on_it(tmp_path: Path) -> None:
+    """The workers take each run before the next is read: even a consumer that asks for the
+    next batch at once lets other tasks run in between (what keeps the decoded checkpoints in
+    flight few)."""
+    await make_feed(tmp_path, 64)
+    source = LocalDirectorySource(tmp_path, follow=False)
+    ran: list[int] = []
+    loop = asyncio.get_running_loop()
+    async with aclosing(source.stream(0, CheckpointDecoder())) as batches:
+        got = [len(await anext(batches))]
+        loop.call_soon(ran.append, 1)
+        got.append(len(await anext(batches)))
+        assert ran == [1]  # before the second run was read and handed over
+    await source.close()
+    assert got == [32, 32]
 
 
 async def test_files_on_disk_are_read_in_the_thread(tmp_path: Path) -> None:

@@ -119,8 +119,8 @@ class FeedFiles:
             append(data)
         if not contents:
             return FileRun([], None, 0, cold)
+        self.read_below = max(self.read_below, start + len(contents))
         batch, error = decoder.decode_run(contents, start, self.path)
-        self.read_below = max(self.read_below, start + len(batch))
         if error is not None:
             return FileRun(batch, None, len(batch), True)
         return FileRun(batch, None, len(contents), cold)
@@ -144,7 +144,7 @@ class FeedFiles:
     # -- in the reader thread ---------------------------------------------------------------
 
     def read(
-        self, start: int, limit: int, decoder: CheckpointDecoder[Any], *, prefetch: bool = False
+        self, start: int, limit: int, decoder: CheckpointDecoder[Any], prefetch: bool = False
     ) -> FileRun:
         """Read and decode files from ``start`` (at most ``limit``, up to a missing one),
         waiting for the disk; ``cold`` when all ``limit`` were read and some had to wait, so
@@ -157,18 +157,20 @@ class FeedFiles:
         fraction of the reads it can do at once."""
         contents: list[bytes] = []
         advised = prefetch and self._advise(start, start + limit)
-        waited = 0
+        waited = False  # some file was not in memory
         for n in range(start, start + limit):
             fd = self._open(n, not contents)
             if fd is None:
                 break
             try:
-                in_memory = self.nowait is not None and self._in_memory(fd)
+                # Once the run is advised and known to wait, another probe tells nothing.
+                probe = self.nowait is not None and not (advised and waited)
+                in_memory = probe and self._in_memory(fd)
                 if contents and not advised:
                     if in_memory:
                         break
                     advised = self._advise(n + 1, start + limit)
-                waited += not in_memory
+                waited = waited or not in_memory
                 data = self._read_all(fd)
             except OSError as exc:
                 if contents:
@@ -179,7 +181,7 @@ class FeedFiles:
             contents.append(data)
         if not contents:
             return FileRun([], None, 0, False)
-        cold = len(contents) == limit and waited > 0
+        cold = len(contents) == limit and waited
         if cold and advised:  # the next run is likely read next: its disk reads start now
             self._advise(start + limit, start + 2 * limit)
         self.read_below = max(self.read_below, start + len(contents))

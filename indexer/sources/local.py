@@ -4,7 +4,6 @@ from the disk in a reader thread."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import re
 from collections.abc import AsyncGenerator
@@ -242,15 +241,14 @@ class LocalDirectorySource(CheckpointSource):
             raise ValueError(f"start must be >= 0, got {start}")
         loop = asyncio.get_running_loop()
         executor, files, batch_size = self._executor, self._files, self.batch_size
-        read_cached = files.read_cached
+        read_cached, loop_run = files.read_cached, min(batch_size, _LOOP_RUN)
         stop = last + 1 if last is not None else None  # the first file never to read
 
         def size(n: int, most: int = batch_size) -> int:
             return most if stop is None else min(most, stop - n)
 
         def read_ahead(n: int, prefetch: bool = False) -> asyncio.Future[FileRun]:
-            read = functools.partial(files.read, prefetch=prefetch)
-            return loop.run_in_executor(executor, read, n, size(n), decoder)
+            return loop.run_in_executor(executor, files.read, n, size(n), decoder, prefetch)
 
         n = start
         misses = 0
@@ -262,19 +260,14 @@ class LocalDirectorySource(CheckpointSource):
         try:
             while True:
                 if ahead is None:
-                    run = read_cached(n, size(n, min(batch_size, _LOOP_RUN)), decoder)
+                    run = read_cached(n, size(n, loop_run), decoder)
                     if not run.files and run.cold:  # file n is not in memory: wait in the thread
                         ahead = read_ahead(n)
                 if ahead is not None:
                     run = await ahead
                     ahead = None
                     end = n + run.files
-                    if (
-                        run.cold
-                        and run.files
-                        and run.error is None
-                        and (stop is None or end < stop)
-                    ):
+                    if run.cold and run.error is None and (stop is None or end < stop):
                         ahead = read_ahead(end, prefetch=True)
                 batch, error, count, _ = run
                 if not count:
