@@ -108,9 +108,8 @@ def build_pool(config: Config, name: str, pipeline: PipelineConfig) -> WorkerPoo
         spec = pipeline.reducer
         reducer_cls = import_object(spec.cls, f"{key}.reducer.class")
         reducer = _instantiate(reducer_cls, spec.options, f"{key}.reducer", Reducer)
-        reducer.max_batch_size = spec.max_batch_size
-        reducer.max_batch_bytes = spec.max_batch_bytes
-        reducer.max_batch_age = spec.max_batch_age
+        for limit, value in spec.limits().items():  # unset: the reducer's own
+            setattr(reducer, limit, value)
     retry = pipeline.retry
     try:
         return WorkerPool(

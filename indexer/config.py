@@ -92,13 +92,24 @@ class RetryConfig(_Section):
 
 
 class ReducerConfig(_Section):
-    """A Reducer named by import string, its batch limits and constructor options."""
+    """A Reducer named by import string, its batch limits and constructor options.
+
+    A limit left out keeps the Reducer's own (its class attribute or what ``options`` gave its
+    constructor); one set here overrides it."""
 
     cls: str = msgspec.field(name="class")
-    max_batch_size: int | None = 1000
-    max_batch_bytes: int | None = None
-    max_batch_age: float | None = 1.0
+    max_batch_size: int | msgspec.UnsetType | None = msgspec.UNSET
+    max_batch_bytes: int | msgspec.UnsetType | None = msgspec.UNSET
+    max_batch_age: float | msgspec.UnsetType | None = msgspec.UNSET
     options: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    def limits(self) -> dict[str, Any]:
+        """The batch limits this table sets, by name."""
+        return {
+            name: value
+            for name in ("max_batch_size", "max_batch_bytes", "max_batch_age")
+            if (value := getattr(self, name)) is not msgspec.UNSET
+        }
 
 
 class PipelineConfig(_Section):
@@ -257,9 +268,8 @@ def _check(config: Config, origin: str) -> None:
         positive(pipeline.max_inflight, f"{key}.max_inflight")
         positive(pipeline.max_inflight_bytes, f"{key}.max_inflight_bytes")
         if pipeline.reducer is not None:
-            positive(pipeline.reducer.max_batch_size, f"{key}.reducer.max_batch_size")
-            positive(pipeline.reducer.max_batch_bytes, f"{key}.reducer.max_batch_bytes")
-            positive(pipeline.reducer.max_batch_age, f"{key}.reducer.max_batch_age")
+            for limit, value in pipeline.reducer.limits().items():
+                positive(value, f"{key}.reducer.{limit}")
     unknown = [p for p in config.run.pipelines if p not in config.pipelines]
     if unknown:
         known = ", ".join(config.pipelines) or "none"
