@@ -38,9 +38,9 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# Every scenario beside its reference (README, Performance); add --postgres-dsn for PostgreSQL.
 bench: install
-	$(PY) benchmarks/dispatch.py
-	$(PY) benchmarks/gc_window.py
+	$(VENV)/bin/indexer bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.bench import SCENARIOS
+from indexer.cli.bench import SCENARIOS
 
 INDEXER = str(Path(sys.executable).with_name("indexer"))
 
@@ -40,7 +40,15 @@ def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     document = json.loads(done.stdout)
     results = {r["scenario"]: r for r in document["results"]}
-    expected = {"dispatch", "feed", "io-bound", "reducer-sqlite", "memory", "scale-out"}
+    expected = {
+        "dispatch",
+        "feed",
+        "io-bound",
+        "reducer-sqlite",
+        "gc-window",
+        "memory",
+        "scale-out",
+    }
     if dsn:
         expected.add("reducer-postgres")
     # feed-on-disk needs files that can be dropped from the page cache (Linux, not tmpfs).

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from indexer import Reducer
-from indexer.app import build_executor
-from indexer.config import load_config
+from indexer.cli.build import build_executor
+from indexer.cli.config import load_config
 
 
 class BigBatches(Reducer[Any]):

@@ -16,8 +16,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from indexer import ConfigurationError, IndexerExecutor, ProgressStoreError, WorkerPool
-from indexer.app import build_store
-from indexer.config import Config, ProgressConfig, load_config
+from indexer.cli.build import build_store
+from indexer.cli.config import Config, ProgressConfig, load_config
 from indexer.progress import MemoryProgressStore, PostgresProgressStore, SqliteProgressStore
 from indexer.sources import SyntheticSource
 from reducers import PostgresSink

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from indexer.config import import_object, load_config
+from indexer.cli.config import import_object, load_config
+from indexer.cli.scaffold import project_name, scaffold_project
 from indexer.errors import ConfigurationError
-from indexer.scaffold import project_name, scaffold_project
 from indexer.sources import SyntheticSource
 from indexer.testing import run_worker
 

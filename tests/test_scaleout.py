@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from indexer.chunked.processes import run_processes
 from indexer.claims import ChunkLayout, Claim, SqliteClaimStore
-from indexer.config import load_config
-from indexer.runner import run_child
+from indexer.cli.config import load_config
+from indexer.cli.processes import run_processes
+from indexer.cli.run import run_child
 from indexer.sources import SyntheticSource
 
 INDEXER = str(Path(sys.executable).with_name("indexer"))

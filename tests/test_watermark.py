@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from indexer.watermark import WatermarkTracker
+from indexer.pipeline.watermark import WatermarkTracker
 
 
 def tracked(start: int, count: int, **options: int) -> WatermarkTracker:

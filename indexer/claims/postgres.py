@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from ..config import mask_dsn
+from .._dsn import mask_dsn
 from ..errors import ProgressStoreError
 from ..progress.postgres import close_pool, create_missing, open_pool, quote_ident, reason
 from ._base import (

@@ -24,7 +24,7 @@ from ..metrics import PipelineStats
 from ..progress import ProgressStore, TransactionalProgressStore, base_store
 from ..reducer import Reducer
 from ..retry import RetryPolicy, sleep_unless_set
-from ..watermark import WatermarkTracker
+from .watermark import WatermarkTracker
 
 log = structlog.get_logger("indexer")
 

@@ -13,10 +13,10 @@ from ..metrics import PipelineStats
 from ..progress import ProgressStore, TransactionalProgressStore, base_store
 from ..reducer import Reducer
 from ..retry import RetryPolicy
-from ..watermark import WatermarkTracker
 from ..worker import Worker
 from .committer import Committer
 from .processor import Processor
+from .watermark import WatermarkTracker
 
 CheckpointT = TypeVar("CheckpointT")
 MessageT = TypeVar("MessageT")

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import asyncpg
 import structlog
 
-from ..config import mask_dsn
+from .._dsn import mask_dsn
 from ..errors import ConfigurationError, ProgressStoreError
 from ._base import DeadLetter, TransactionalProgressStore
 

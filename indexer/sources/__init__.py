@@ -1,7 +1,7 @@
 """Checkpoint sources: a local directory feed, a synthetic generator and an in-memory list."""
 
 from ._base import CheckpointSource, SourcedBatch
-from .feed import write_checkpoint_file, write_feed
+from .feed_writer import write_checkpoint_file, write_feed
 from .local import LocalDirectorySource
 from .memory import MemorySource
 from .synthetic import SyntheticSource

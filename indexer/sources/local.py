@@ -17,7 +17,7 @@ import structlog
 from ..checkpoint import CheckpointDecoder
 from ..errors import ConfigurationError
 from ._base import CheckpointSource, SourcedBatch
-from ._feed_files import FeedFiles, FileRun
+from ._feed_reader import FeedFileReader, FileRun
 
 logger = structlog.get_logger("indexer.sources")
 
@@ -55,7 +55,7 @@ class LocalDirectorySource(CheckpointSource):
     holds in memory, as a live feed's newest are, are read and decoded on the event loop, 32 at
     a time, never waiting for the disk. A file that is not is read in one dedicated thread;
     when the next is not either, the thread asks the kernel to read the stretch ahead all
-    together, and reads each batch while the consumer handles the one before (``FeedFiles``).
+    together, and reads each batch while the consumer handles the one before (``FeedFileReader``).
     Without ``follow`` the feed ends at the first missing file.
     """
 
@@ -78,7 +78,7 @@ class LocalDirectorySource(CheckpointSource):
         self.batch_size = batch_size
         self.delete_below_watermark = delete_below_watermark
         self._prefix = os.path.join(str(self.path), "")
-        self._files = FeedFiles(str(self.path))
+        self._files = FeedFileReader(str(self.path))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="indexer-feed-reader")
         self._warned_names: set[str] = set()
         self._warned_gaps: set[int] = set()

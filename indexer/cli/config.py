@@ -16,8 +16,9 @@ from typing import Any, Literal
 
 import msgspec
 
-from ._loop import EventLoopName
-from .errors import ConfigurationError
+from .._dsn import POSTGRES_SCHEMES, mask_dsn
+from .._loop import EventLoopName
+from ..errors import ConfigurationError
 
 __all__ = [
     "Config",
@@ -33,9 +34,6 @@ __all__ = [
     "load_config",
     "mask_dsn",
 ]
-
-#: DSN prefixes that name a PostgreSQL database.
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -337,18 +335,6 @@ def import_object(spec: str, where: str) -> Any:
                 f"{where}: {module_name!r} has no attribute {attribute!r}"
             ) from None
     return target
-
-
-def mask_dsn(value: str) -> str:
-    """Hide the password of a ``scheme://user:password@host/db?password=...`` DSN."""
-    scheme, sep, rest = value.partition("://")
-    if sep:
-        at = rest.rfind("@")
-        if at >= 0 and ":" in rest[:at]:
-            user = rest[:at].split(":", 1)[0]
-            rest = f"{user}:***{rest[at:]}"
-        value = f"{scheme}{sep}{rest}"
-    return re.sub(r"([?&]password=)[^&]*", r"\1***", value)
 
 
 def config_origin(config: Config) -> str:

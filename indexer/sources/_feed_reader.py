@@ -37,7 +37,7 @@ class FileRun(NamedTuple):
     cold: bool
 
 
-class FeedFiles:
+class FeedFileReader:
     """The ``{n}.chk`` files of one directory, read in runs of consecutive numbers.
 
     ``read_cached`` runs on the event loop, ``read`` in the one reader thread; the source never

@@ -14,13 +14,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .._loop import run_on
-from ..checkpoint import Checkpoint
-from ..executor import IndexerExecutor
-from ..pipeline import WorkerPool
-from ..progress import PostgresProgressStore, SqliteProgressStore
-from ..sources import MemorySource
-from ..worker import Worker
+from ..._loop import run_on
+from ...checkpoint import Checkpoint
+from ...executor import IndexerExecutor
+from ...pipeline import WorkerPool
+from ...progress import PostgresProgressStore, SqliteProgressStore
+from ...sources import MemorySource
+from ...worker import Worker
 from ._common import Result, checkpoints
 
 BATCH = 500  # checkpoints per commit (about 4,000 rows)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .._loop import run_on
-from ..executor import IndexerExecutor
-from ..pipeline import WorkerPool
-from ..progress import MemoryProgressStore
-from ..sources import MemorySource
+from ..._loop import run_on
+from ...executor import IndexerExecutor
+from ...pipeline import WorkerPool
+from ...progress import MemoryProgressStore
+from ...sources import MemorySource
 from ._common import Noop, Result, best_of, checkpoints
 
 CONCURRENCY = 64

@@ -5,7 +5,15 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from .claims import ClaimStore
+from ..claims import ClaimStore
+from ..errors import ConfigurationError
+from ..executor import IndexerExecutor
+from ..pipeline import WorkerPool
+from ..progress import FileProgressStore, MemoryProgressStore, ProgressStore, SqliteProgressStore
+from ..reducer import Reducer
+from ..retry import RetryPolicy
+from ..sources import CheckpointSource, LocalDirectorySource, SyntheticSource
+from ..worker import Worker
 from .config import (
     POSTGRES_SCHEMES,
     Config,
@@ -14,14 +22,6 @@ from .config import (
     import_object,
     resolve_path,
 )
-from .errors import ConfigurationError
-from .executor import IndexerExecutor
-from .pipeline import WorkerPool
-from .progress import FileProgressStore, MemoryProgressStore, ProgressStore, SqliteProgressStore
-from .reducer import Reducer
-from .retry import RetryPolicy
-from .sources import CheckpointSource, LocalDirectorySource, SyntheticSource
-from .worker import Worker
 
 __all__ = ["build_executor", "build_pool", "build_source", "build_store", "store_exists"]
 
@@ -36,7 +36,7 @@ def build_store(config: Config) -> ProgressStore:
     if spec.startswith("file:"):
         return FileProgressStore(resolve_path(spec.removeprefix("file:")))
     if spec.startswith(POSTGRES_SCHEMES):
-        from .progress import PostgresProgressStore
+        from ..progress import PostgresProgressStore
 
         return PostgresProgressStore(spec, schema=config.progress.schema or "public")
     raise ConfigurationError(
@@ -48,11 +48,11 @@ def build_claim_store(config: Config) -> ClaimStore:
     """The claim store for scale-out, in the progress store's database."""
     spec = config.progress.store
     if spec.startswith("sqlite:"):
-        from .claims import SqliteClaimStore
+        from ..claims import SqliteClaimStore
 
         return SqliteClaimStore(resolve_path(spec.removeprefix("sqlite:")))
     if spec.startswith(POSTGRES_SCHEMES):
-        from .claims import PostgresClaimStore
+        from ..claims import PostgresClaimStore
 
         return PostgresClaimStore(spec, schema=config.progress.schema or "public")
     raise ConfigurationError(

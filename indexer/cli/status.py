@@ -11,10 +11,10 @@ import contextlib
 import time
 from typing import Any
 
-from .app import build_claim_store, build_source, build_store, store_exists
-from .claims import ChunkLayout, ChunkState, ClaimStore
+from ..claims import ChunkLayout, ChunkState, ClaimStore
+from ..errors import ConfigurationError
+from .build import build_claim_store, build_source, build_store, store_exists
 from .config import POSTGRES_SCHEMES, Config, mask_dsn
-from .errors import ConfigurationError
 
 __all__ = ["render_status", "reset_pipeline", "status_report"]
 

@@ -15,7 +15,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from .executor import IndexerExecutor
+from ..executor import IndexerExecutor
 
 
 class ProgressDisplay:

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from .._loop import EVENT_LOOPS
+from ..._loop import EVENT_LOOPS
 from . import SCENARIOS, Result, machine, run_scenarios
 
 _UNITS = {"checkpoints/s": "cp/s", "rows/s": "rows/s", "MB peak RSS": "MB"}

@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 import click
 import msgspec
 
-from . import __version__
-from ._loop import EVENT_LOOPS, run_on
-from .app import build_executor
+from .. import __version__
+from .._loop import EVENT_LOOPS, run_on
+from ..errors import failure_exit
+from .build import build_executor
 from .config import Config, load_config, mask_dsn, parse_address
-from .errors import failure_exit
 from .logs import configure_logging
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -225,7 +225,7 @@ def run(
         },
     )
     configure_logging(config.logging.level, config.logging.format)
-    from .runner import run_indexer
+    from .run import run_indexer
 
     summary = run_indexer(config)
     click.echo(summary)
@@ -244,7 +244,7 @@ def status(config_path: Path | None, feed: str | None, store: str | None, as_jso
     """Per pipeline: watermark, newest checkpoint in the feed, lag, dead letters; for a
     scaled-out job also its chunks: done, owners and lease expiry."""
     config = _load(config_path, **{"source.feed": feed, "progress.store": store})
-    from ._status import render_status, status_report
+    from .status import render_status, status_report
 
     report = run_on(config.run.event_loop, status_report(config))
     if as_json:
@@ -269,7 +269,7 @@ def status(config_path: Path | None, feed: str | None, store: str | None, as_jso
 def reset(config_path: Path | None, store: str | None, pipeline: str, to: int, force: bool) -> None:
     """Set a pipeline's watermark, lower included: the only way to re-index."""
     config = _load(config_path, **{"progress.store": store})
-    from ._status import reset_pipeline
+    from .status import reset_pipeline
 
     current, chunks = run_on(config.run.event_loop, reset_pipeline(config, pipeline, to, force))
     what = f"pipeline {pipeline!r} from {current if current is not None else 'nothing'} to {to}"
@@ -298,7 +298,7 @@ def generate(out: Path, count: int, start: int, seed: int) -> None:
     """Write a synthetic feed of COUNT checkpoints (deterministic for a seed)."""
     from rich.progress import Progress
 
-    from .sources import SyntheticSource, write_feed
+    from ..sources import SyntheticSource, write_feed
 
     started = time.perf_counter()
     with Progress(disable=not sys.stderr.isatty(), transient=True) as bar:

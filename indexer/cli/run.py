@@ -11,12 +11,12 @@ from typing import Any
 import msgspec
 import structlog
 
-from ._loop import loop_factory, run_on
-from .app import build_claim_store, build_executor, build_source, build_store
+from .._loop import loop_factory, run_on
+from ..errors import IndexerError
+from ..executor import IndexerExecutor
+from ..metrics import serve_metrics
+from .build import build_claim_store, build_executor, build_source, build_store
 from .config import Config, parse_address
-from .errors import IndexerError
-from .executor import IndexerExecutor
-from .metrics import serve_metrics
 
 log = structlog.get_logger("indexer")
 
@@ -33,7 +33,7 @@ def run_indexer(config: Config) -> str:
 
 def _run_processes(config: Config) -> str:
     """``--processes N``: this process and N-1 children share the job through the claims."""
-    from .chunked.processes import run_processes
+    from .processes import run_processes
 
     scale = msgspec.structs.replace(
         config.scale, processes=1, claims=config.scale.claims or config.progress.store
@@ -111,7 +111,7 @@ async def _run_chunked(
     executor: IndexerExecutor, config: Config, on_signal: Callable[[int], None] | None
 ) -> dict[str, int]:
     """This process's share of a chunked job (the executor only carries the pools)."""
-    from .chunked import ChunkedRunner
+    from ..chunked import ChunkedRunner
 
     runner = ChunkedRunner(
         executor.progress_store,
@@ -132,7 +132,7 @@ async def _run(executor: IndexerExecutor, source: Any, config: Config) -> dict[s
     if config.logging.progress and sys.stderr.isatty():
         from rich.console import Console
 
-        from ._display import ProgressDisplay
+        from .display import ProgressDisplay
 
         display = ProgressDisplay(executor, config.run.last_checkpoint, Console(stderr=True))
         display_task = asyncio.create_task(display.run())

@@ -45,6 +45,12 @@ def _reducer(quick: bool, options: dict[str, Any]) -> list[Result]:
     return reducer.run(quick, options.get("postgres_dsn"), options.get("event_loop", "auto"))
 
 
+def _gc_window(quick: bool, options: dict[str, Any]) -> list[Result]:
+    from . import gc_window
+
+    return gc_window.run(quick)
+
+
 def _memory(quick: bool, options: dict[str, Any]) -> list[Result]:
     from . import memory
 
@@ -63,6 +69,7 @@ SCENARIOS: dict[str, Callable[[bool, dict[str, Any]], list[Result]]] = {
     "feed": _feed,
     "io-bound": _iobound,
     "reducer": _reducer,
+    "gc-window": _gc_window,
     "memory": _memory,
     "scale-out": _scaleout,
 }
@@ -112,7 +119,7 @@ def _cpu_model() -> str | None:
 
 def machine(event_loop: str = "auto") -> dict[str, Any]:
     """What the figures were measured on."""
-    from .._loop import loop_factory
+    from ..._loop import loop_factory
 
     return {
         "event_loop": "asyncio" if loop_factory(event_loop) is None else "uvloop",

@@ -12,9 +12,9 @@ from typing import Any
 
 import msgspec
 
-from ..checkpoint import Checkpoint, CheckpointDecoder, encode_checkpoint
-from ..sources import CheckpointSource, SourcedBatch, SyntheticSource
-from ..worker import Worker
+from ...checkpoint import Checkpoint, CheckpointDecoder, encode_checkpoint
+from ...sources import CheckpointSource, SourcedBatch, SyntheticSource
+from ...worker import Worker
 
 
 @dataclass

@@ -23,8 +23,8 @@ from typing import Any, Literal
 import msgspec
 import structlog
 
-from ..config import Config, parse_address
 from ..errors import failure_exit
+from .config import Config, parse_address
 
 log = structlog.get_logger("indexer")
 

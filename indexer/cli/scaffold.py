@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from string import Template
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 __all__ = ["project_name", "scaffold_project"]
 

@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..checkpoint import Checkpoint
-from ..worker import Worker
+from ...checkpoint import Checkpoint
+from ...worker import Worker
 from ._common import Result, cpu_count, write_bench_feed
 
 #: Iterations of the busy loop: about 1 ms of pure Python on a 2020s core.
@@ -62,7 +62,7 @@ lease_ttl = 10.0
 enabled = false
 
 [pipelines.cpu]
-worker = "indexer.bench.scaleout:CpuBound"
+worker = "indexer.cli.bench.scaleout:CpuBound"
 concurrency = 2
 """
     )

@@ -16,7 +16,7 @@ from indexer.executor import IndexerExecutor
 from indexer.pipeline import WorkerPool
 from indexer.progress import MemoryProgressStore
 from indexer._loop import run_on
-from indexer.bench._common import Noop, RenumberedSource, templates
+from indexer.cli.bench._common import Noop, RenumberedSource, templates
 templates()
 count = int(sys.argv[1])
 executor = IndexerExecutor(MemoryProgressStore(), handle_signals=False)

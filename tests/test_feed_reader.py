@@ -20,14 +20,14 @@ from indexer.errors import CheckpointDecodeError
 from indexer.sources import (
     LocalDirectorySource,
     SyntheticSource,
-    _feed_files,
+    _feed_reader,
     write_checkpoint_file,
     write_feed,
 )
-from indexer.sources._feed_files import FileRun
+from indexer.sources._feed_reader import FileRun
 
 pytestmark = pytest.mark.skipif(
-    _feed_files.NOWAIT is None, reason="reads that do not wait for the disk are Linux-only"
+    _feed_reader.NOWAIT is None, reason="reads that do not wait for the disk are Linux-only"
 )
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 
-from .._loop import run_on
-from ..checkpoint import Checkpoint
-from ..executor import IndexerExecutor
-from ..pipeline import WorkerPool
-from ..progress import MemoryProgressStore
-from ..sources import MemorySource
-from ..worker import Worker
+from ..._loop import run_on
+from ...checkpoint import Checkpoint
+from ...executor import IndexerExecutor
+from ...pipeline import WorkerPool
+from ...progress import MemoryProgressStore
+from ...sources import MemorySource
+from ...worker import Worker
 from ._common import Result, checkpoints
 
 LATENCY = 0.010

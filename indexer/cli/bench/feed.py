@@ -9,9 +9,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..checkpoint import Checkpoint, CheckpointDecoder
+from ...checkpoint import Checkpoint, CheckpointDecoder
 from ..config import load_config
-from ..runner import run_indexer
+from ..run import run_indexer
 from ._common import Result, write_bench_feed
 
 
@@ -62,7 +62,7 @@ def indexer_run(directory: Path, count: int, event_loop: str = "auto") -> float:
             "logging.progress": False,
             "run.last_checkpoint": count - 1,
             "run.event_loop": event_loop,
-            "pipelines": {"noop": {"worker": "indexer.bench._common:Noop", "concurrency": 16}},
+            "pipelines": {"noop": {"worker": "indexer.cli.bench._common:Noop", "concurrency": 16}},
         },
     )
     started = time.perf_counter()
