@@ -8,7 +8,26 @@ class IndexerError(Exception):
 
 
 class ConfigurationError(IndexerError, ValueError):
-    """A setting is invalid or two settings contradict each other (exit code 2 in the CLI)."""
+    """A setting is invalid or two settings contradict each other (exit code 2 in the CLI).
+
+    ``key`` names the setting when the error is about one (``"concurrency"``) and ``where``
+    what holds it (``"pipeline 'swaps'"``): the message reads ``where: key message``. The
+    configuration layer names the same setting as its file spells it with ``at``.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, where: str | None = None) -> None:
+        self.message = message
+        self.key = key
+        self.where = where
+        text = f"{key} {message}" if key else message
+        super().__init__(f"{where}: {text}" if where else text)
+
+    def at(self, origin: str, prefix: str) -> ConfigurationError:
+        """The same error named as a file does: ``origin: prefix.key message`` when it is about
+        a key, else ``origin: prefix: message`` (with the holder it names)."""
+        if self.key is not None:
+            return ConfigurationError(self.message, key=f"{prefix}.{self.key}", where=origin)
+        return ConfigurationError(str(self), where=f"{origin}: {prefix}")
 
 
 class CheckpointDecodeError(IndexerError):
@@ -21,6 +40,11 @@ class FeedReadError(IndexerError):
 
 class ProgressStoreError(IndexerError):
     """The progress store cannot be read or written (for example a corrupt progress file)."""
+
+
+class FencingError(IndexerError):
+    """A write was refused because the writer no longer holds what entitles it to write (a
+    lease taken over, or released): retrying cannot help, the writer must stop."""
 
 
 class PipelineHalted(IndexerError):

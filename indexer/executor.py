@@ -6,18 +6,15 @@ import asyncio
 import contextlib
 from typing import Any
 
-import structlog
-
 from ._gc import tuned_gc
+from ._log import log
 from ._signals import stop_signals
 from .checkpoint import CheckpointDecoder
 from .errors import ConfigurationError, ShutdownAborted
-from .metrics import FeedStats
-from .pipeline import WorkerPool
+from .pipeline import PipelineRun, WorkerPool
 from .progress import MemoryProgressStore, ProgressStore
 from .sources import CheckpointSource
-
-log = structlog.get_logger("indexer")
+from .stats import FeedStats, JobView
 
 __all__ = ["IndexerExecutor"]
 
@@ -29,7 +26,9 @@ class IndexerExecutor:
     what it already did. ``run`` returns each pipeline's final watermark. The first SIGINT or
     SIGTERM (or ``request_stop``) stops reading, lets running calls finish, flushes reducers and
     saves watermarks; a second one aborts at once (``ShutdownAborted``) without corrupting the
-    progress store.
+    progress store. ``job`` is what the metrics endpoint and the progress bars read: each
+    pipeline's counters and run in progress, and what the reader saw of the feed; pass one in to
+    share it across executors (a chunked job's do).
     """
 
     def __init__(
@@ -41,7 +40,7 @@ class IndexerExecutor:
         prune_interval: float = 1.0,
         feed_poll_interval: float | None = 5.0,
         timing: bool = True,
-        feed_stats: FeedStats | None = None,
+        job: JobView | None = None,
     ) -> None:
         self.progress_store = (
             progress_store if progress_store is not None else MemoryProgressStore()
@@ -52,8 +51,7 @@ class IndexerExecutor:
         self.feed_poll_interval = feed_poll_interval
         #: Time each process_checkpoint call for indexer_checkpoint_processing_seconds.
         self.timing = timing
-        #: What the reader saw; pass one in to share it (the chunked runner's executors do).
-        self.feed_stats = feed_stats if feed_stats is not None else FeedStats()
+        self.job = job if job is not None else JobView()
         self._pools: dict[str, WorkerPool[Any, Any]] = {}
         self._stop: asyncio.Event | None = None  # created inside run (needs a running loop)
         self._signals = 0
@@ -61,13 +59,20 @@ class IndexerExecutor:
 
     @property
     def pools(self) -> list[WorkerPool[Any, Any]]:
+        """The registered pipelines, in the order of registration."""
         return list(self._pools.values())
+
+    @property
+    def feed_stats(self) -> FeedStats:
+        """What the reader saw of the feed (``job.feed``)."""
+        return self.job.feed
 
     def register(self, pool: WorkerPool[Any, Any]) -> None:
         """Add a pipeline; names must be unique."""
         if pool.name in self._pools:
             raise ConfigurationError(f"a pipeline named {pool.name!r} is already registered")
         self._pools[pool.name] = pool
+        self.job.pipeline(pool.name)
 
     def request_stop(self) -> None:
         """Ask a running ``run`` to stop gracefully (what the first signal does)."""
@@ -132,7 +137,6 @@ class IndexerExecutor:
         for pool in pools:
             saved = await store.load(pool.name)
             starts[pool.name] = saved if saved is not None else (first or 0)
-            pool._reset(starts[pool.name])
             log.info(
                 "pipeline starting",
                 pipeline=pool.name,
@@ -145,34 +149,51 @@ class IndexerExecutor:
         if not active:
             log.info("nothing to do: every pipeline is past last_checkpoint", last=last)
             return starts
-        started: list[WorkerPool[Any, Any]] = []
+        runs = [
+            PipelineRun(
+                pool,
+                store,
+                starts[pool.name],
+                stats=self.job.pipeline(pool.name).stats,
+                on_halt=self._on_halt,
+                timed=self.timing,
+            )
+            for pool in active
+        ]
+        started: list[PipelineRun] = []
         try:
-            for pool in active:
-                await pool._start(store, starts[pool.name], self._on_halt, self.timing)
-                started.append(pool)
-            reader_start = min(starts[pool.name] for pool in active)
-            return await self._drive(source, decoder, active, reader_start, last, starts)
+            for run in runs:
+                run.start_tasks()
+                started.append(run)
+                self.job.pipeline(run.name).attach(run)
+            reader_start = min(run.start for run in runs)
+            watermarks = await self._drive(source, decoder, runs, reader_start, last)
+            return {**starts, **watermarks}
         except asyncio.CancelledError:
-            for pool in started:
-                await pool._abort()
+            for run in started:
+                await run.abort()
             if self._signals >= 2:
-                log.warning("aborted by a second signal", watermarks=self._saved(pools))
+                marks = {**starts, **{run.name: run.watermark for run in runs}}
+                log.warning("aborted by a second signal", watermarks=marks)
                 raise ShutdownAborted("aborted by a second stop signal") from None
             raise
+        finally:
+            for run in started:
+                self.job.pipeline(run.name).detach()
 
     async def _drive(
         self,
         source: CheckpointSource,
         decoder: CheckpointDecoder[Any],
-        pools: list[WorkerPool[Any, Any]],
+        runs: list[PipelineRun],
         start: int,
         last: int | None,
-        starts: dict[str, int],
     ) -> dict[str, int]:
+        """Read until done or stopped, then end every run; their saved watermarks."""
         assert self._stop is not None
-        reader = asyncio.create_task(self._read(source, decoder, pools, start, last), name="reader")
+        reader = asyncio.create_task(self._read(source, decoder, runs, start, last), name="reader")
         stopper = asyncio.create_task(self._stop.wait(), name="stop")
-        pruner = asyncio.create_task(self._prune(source, pools), name="prune")
+        pruner = asyncio.create_task(self._prune(source, runs), name="prune")
         poller = asyncio.create_task(self._poll_feed(source), name="feed")
         try:
             await asyncio.wait([reader, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -183,28 +204,26 @@ class IndexerExecutor:
             drain = not self._stop.is_set()
             if reader_error is not None:
                 log.error("reading stopped", error=str(reader_error))
-            for pool in pools:
+            for run in runs:
                 if not drain:
-                    pool.request_stop()
-            finishing: asyncio.Future[Any] = asyncio.gather(
-                *(pool._finish(drain) for pool in pools)
-            )
+                    run.request_stop()
+            finishing: asyncio.Future[Any] = asyncio.gather(*(run.finish(drain) for run in runs))
             stopping: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
             await asyncio.wait([finishing, stopping], return_when=asyncio.FIRST_COMPLETED)
             if not finishing.done():  # a stop arrived while draining
-                for pool in pools:
-                    pool.request_stop()
+                for run in runs:
+                    run.request_stop()
             await finishing
             stopping.cancel()
         finally:
             for task in (reader, stopper, pruner, poller):
                 task.cancel()
-        watermarks = self._saved(self.pools)
-        await source.prune(min(watermarks[pool.name] for pool in pools))
+        watermarks = {run.name: run.watermark for run in runs}
+        await source.prune(min(watermarks.values()))
         log.info("stopped", watermarks=watermarks)
         if reader_error is not None:
             raise reader_error
-        halted = [pool.error for pool in pools if pool.error is not None]
+        halted = [run.error for run in runs if run.error is not None]
         if halted:
             if isinstance(halted[0].__cause__, ConfigurationError):  # exit code 2, not 1
                 raise ConfigurationError(str(halted[0])) from halted[0]
@@ -215,7 +234,7 @@ class IndexerExecutor:
         self,
         source: CheckpointSource,
         decoder: CheckpointDecoder[Any],
-        pools: list[WorkerPool[Any, Any]],
+        runs: list[PipelineRun],
         start: int,
         last: int | None,
     ) -> None:
@@ -224,55 +243,51 @@ class IndexerExecutor:
             if last is None
             else source.stream_to(start, last, decoder)
         )
-        feed = self.feed_stats
+        feed = self.job.feed
         async with contextlib.aclosing(stream):  # type: ignore[type-var]
             async for batch in stream:
                 if not batch:
                     continue
                 feed.bytes_read += sum(size for _, size in batch)
                 feed.last_read = newest = batch[-1][0].sequence_number
-                if len(pools) == 1 and (last is None or newest < last):
+                if len(runs) == 1 and (last is None or newest < last):
                     # The common case, a batch for one pipeline short of ``last``: as much of
                     # it as the window takes in one go, then the rest one by one.
-                    pool = pools[0]
-                    taken = pool.offer_run(batch)
-                    offer, submit = pool.offer, pool.submit
+                    run = runs[0]
+                    taken = run.offer_run(batch)
+                    offer, submit = run.offer, run.submit
                     for checkpoint, size in batch[taken:] if taken else batch:
                         if not offer(checkpoint, size):
                             await submit(checkpoint, size)
-                    if pool.error is not None:
+                    if run.error is not None:
                         return
                     continue
                 for checkpoint, size in batch:
-                    for pool in pools:
-                        if not pool.offer(checkpoint, size):
-                            await pool.submit(checkpoint, size)
+                    for run in runs:
+                        if not run.offer(checkpoint, size):
+                            await run.submit(checkpoint, size)
                     if checkpoint.sequence_number == last:
                         log.info("reached last_checkpoint", last=last)
                         return
-                if all(pool.error is not None for pool in pools):
+                if all(run.error is not None for run in runs):
                     return
         log.info("source exhausted")
 
-    async def _prune(self, source: CheckpointSource, pools: list[WorkerPool[Any, Any]]) -> None:
+    async def _prune(self, source: CheckpointSource, runs: list[PipelineRun]) -> None:
         pruned = -1
         while True:
             await asyncio.sleep(self.prune_interval)
-            lowest = min(pool.watermark for pool in pools)
+            lowest = min(run.watermark for run in runs)
             if lowest > pruned:
                 await source.prune(lowest)
                 pruned = lowest
 
     async def _poll_feed(self, source: CheckpointSource) -> None:
         if self.feed_poll_interval is not None:
-            await poll_feed(source, self.feed_stats, self.feed_poll_interval)
+            await poll_feed(source, self.job.feed, self.feed_poll_interval)
 
-    def _on_halt(self, pool: WorkerPool[Any, Any]) -> None:
+    def _on_halt(self, run: PipelineRun) -> None:
         self.request_stop()
-
-    @staticmethod
-    def _saved(pools: list[WorkerPool[Any, Any]]) -> dict[str, int]:
-        return {pool.name: pool.watermark for pool in pools}
 
     def _on_signal(self, signum: int) -> None:
         self._signals += 1

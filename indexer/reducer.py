@@ -86,11 +86,17 @@ class Reducer(Generic[MessageT]):
         name = type(self).__name__
         for key in ("max_batch_size", "max_batch_bytes"):
             value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigurationError(f"{name}.{key} must be a positive integer, got {value!r}")
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ConfigurationError(
+                    f"must be a positive integer, got {value!r}", key=key, where=name
+                )
         age = self.max_batch_age
         if age is not None and not age > 0:
-            raise ConfigurationError(f"{name}.max_batch_age must be > 0 seconds, got {age!r}")
+            raise ConfigurationError(
+                f"must be > 0 seconds, got {age!r}", key="max_batch_age", where=name
+            )
 
 
 class TransactionalReducer(Reducer[MessageT]):

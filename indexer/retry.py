@@ -31,24 +31,21 @@ class RetryPolicy:
     rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        def bad(key: str, rule: str) -> ConfigurationError:
+            return ConfigurationError(rule, key=key, where="retry")
+
         if self.initial < 0:
-            raise ConfigurationError(f"retry.initial must be >= 0, got {self.initial}")
+            raise bad("initial", f"must be >= 0, got {self.initial}")
         if self.multiplier < 1:
-            raise ConfigurationError(f"retry.multiplier must be >= 1, got {self.multiplier}")
+            raise bad("multiplier", f"must be >= 1, got {self.multiplier}")
         if self.max_delay < self.initial:
-            raise ConfigurationError(
-                f"retry.max_delay ({self.max_delay}) must be >= retry.initial ({self.initial})"
-            )
+            raise bad("max_delay", f"({self.max_delay}) must be >= initial ({self.initial})")
         if self.max_attempts is not None and self.max_attempts < 1:
-            raise ConfigurationError(
-                f"retry.max_attempts must be >= 1 or unset (unlimited), got {self.max_attempts}"
-            )
+            raise bad("max_attempts", f"must be >= 1 or unset (unlimited), got {self.max_attempts}")
         if not 0 <= self.jitter <= 1:
-            raise ConfigurationError(f"retry.jitter must be between 0 and 1, got {self.jitter}")
+            raise bad("jitter", f"must be between 0 and 1, got {self.jitter}")
         if self.on_exhausted not in ("halt", "skip"):
-            raise ConfigurationError(
-                f"retry.on_exhausted must be 'halt' or 'skip', got {self.on_exhausted!r}"
-            )
+            raise bad("on_exhausted", f"must be 'halt' or 'skip', got {self.on_exhausted!r}")
 
     def exhausted(self, attempts: int) -> bool:
         """True when ``attempts`` failed attempts use up the policy."""

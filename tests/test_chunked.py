@@ -18,10 +18,10 @@ from indexer import ConfigurationError, Worker
 from indexer.chunked import ChunkedRunner
 from indexer.claims import Claim, SqliteClaimStore
 from indexer.errors import ProgressStoreError
-from indexer.metrics import FeedStats
 from indexer.pipeline import WorkerPool
 from indexer.progress import SqliteProgressStore
 from indexer.sources import MemorySource
+from indexer.stats import JobView
 from indexer.testing import make_checkpoints
 from reducers import SqliteSink
 
@@ -54,7 +54,7 @@ def runner(
     chunk_size: int = 50,
     lease_ttl: float = 30.0,
     claims: SqliteClaimStore | None = None,
-    feed_stats: FeedStats | None = None,
+    job: JobView | None = None,
 ) -> ChunkedRunner:
     sink = SqliteSink(
         "marks", {"checkpoint": "INTEGER", "who": "TEXT"}, max_batch_size=5, max_batch_age=0.01
@@ -70,7 +70,7 @@ def runner(
         owner=worker.who,
         poll_interval=0.01,
         handle_signals=False,
-        feed_stats=feed_stats,
+        job=job,
     )
 
 
@@ -91,10 +91,11 @@ async def test_a_job_runs_chunk_by_chunk_exactly_once(tmp_path: Path) -> None:
 
 
 async def test_every_chunk_reports_into_one_feed_stats(tmp_path: Path) -> None:
-    """The metrics endpoint reads the FeedStats handed in: each chunk's reads land in it, and
-    the feed's newest checkpoint is polled once for the run, not once per chunk."""
-    stats = FeedStats()
-    job = runner(tmp_path / "job.db", Marker("a"), chunk_size=25, feed_stats=stats)
+    """The metrics endpoint reads the JobView handed in: each chunk's reads land in its feed
+    stats, and the feed's newest checkpoint is polled once for the run, not once per chunk."""
+    view = JobView()
+    job = runner(tmp_path / "job.db", Marker("a"), chunk_size=25, job=view)
+    stats = view.feed
     source = MemorySource(CHECKPOINTS)
     polls = 0
     original = source.latest_sequence_number
@@ -111,6 +112,9 @@ async def test_every_chunk_reports_into_one_feed_stats(tmp_path: Path) -> None:
     assert stats.last_read == 119
     assert stats.bytes_read == sum(source._sizes)
     assert polls == 1
+    # Every chunk's run counted into the one view of the pipeline, which shows where it ended.
+    marks = view.pipelines["marks"]
+    assert (marks.stats.processed, marks.watermark, marks.run) == (120, 120, None)
 
 
 async def test_the_layout_is_fixed_once_recorded(tmp_path: Path) -> None:

@@ -224,3 +224,20 @@ async def test_a_configuration_error_in_commit_halts_without_retrying() -> None:
         await run_worker(Seen("p"), make_checkpoints(20), reducer=reducer, store=store)
     assert reducer.attempts == 1
     assert await store.load("p") in (None, 0)
+
+
+async def test_a_pool_is_a_description_that_every_run_starts_from_afresh() -> None:
+    """Two executors run one WorkerPool one after the other, each over its own store: the
+    second starts at its own store's watermark, and the pool carries nothing of the first."""
+    reducer = RecordingReducer(max_batch_size=10)
+    pool = WorkerPool(Seen("p"), concurrency=4, reducer=reducer)
+    settings = dict(vars(pool))
+    first = executor_for(MemoryProgressStore(), pool)
+    assert await first.run(MemorySource(make_checkpoints(30))) == {"p": 30}
+    assert vars(pool) == settings
+    second = executor_for(MemoryProgressStore({"p": 20}), pool)
+    assert await second.run(MemorySource(make_checkpoints(50))) == {"p": 50}
+    assert reducer.messages == [*range(30), *range(20, 50)]
+    assert first.job.pipelines["p"].stats.processed == 30
+    assert second.job.pipelines["p"].stats.processed == 30
+    assert (second.job.pipelines["p"].watermark, second.job.pipelines["p"].run) == (50, None)

@@ -304,7 +304,7 @@ async def test_window_bounds_checkpoints_in_flight() -> None:
 
     class Probe(Worker[Checkpoint, int]):
         async def process_checkpoint(self, checkpoint: Checkpoint) -> int:
-            seen_window.append(pool.tracker.pending)
+            seen_window.append(executor.job.pipelines["Probe"].inflight)
             await asyncio.sleep(0)
             return checkpoint.sequence_number
 

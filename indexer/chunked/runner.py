@@ -17,20 +17,17 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-import structlog
-
 from .._gc import tuned_gc
+from .._log import log
 from .._signals import stop_signals
 from ..claims import ChunkLayout, Claim, ClaimLost, ClaimNotFound, ClaimStore
 from ..errors import ConfigurationError, ShutdownAborted
 from ..executor import IndexerExecutor, poll_feed
-from ..metrics import FeedStats
 from ..pipeline import WorkerPool
 from ..progress import ProgressStore
 from ..sources import CheckpointSource
+from ..stats import JobView
 from .progress import ChunkProgressStore
-
-log = structlog.get_logger("indexer")
 
 __all__ = ["ChunkedRunner", "default_owner"]
 
@@ -69,7 +66,7 @@ class ChunkedRunner:
         timing: bool = True,
         tune_gc: bool = True,
         on_signal: Callable[[int], None] | None = None,
-        feed_stats: FeedStats | None = None,
+        job: JobView | None = None,
         feed_poll_interval: float = 5.0,
     ) -> None:
         if chunk_size < 1:
@@ -92,7 +89,10 @@ class ChunkedRunner:
         self.handle_signals = handle_signals
         self.timing = timing
         self.tune_gc = tune_gc
-        self.feed_stats = feed_stats if feed_stats is not None else FeedStats()
+        #: What the metrics endpoint and the progress bars read, across every chunk's run.
+        self.job = job if job is not None else JobView()
+        for pool in pools:
+            self.job.pipeline(pool.name)
         self.feed_poll_interval = feed_poll_interval
         self.on_signal = on_signal
         self.chunks_done = 0
@@ -124,7 +124,7 @@ class ChunkedRunner:
         try:
             layouts = {pool.name: await self._layout(pool.name, first) for pool in self.pools}
             poller = asyncio.create_task(
-                poll_feed(self._source(), self.feed_stats, self.feed_poll_interval), name="feed"
+                poll_feed(self._source(), self.job.feed, self.feed_poll_interval), name="feed"
             )
             with stop_signals(self._on_signal, self.handle_signals), tuned_gc(self.tune_gc):
                 while not self._stop.is_set():
@@ -224,7 +224,7 @@ class ChunkedRunner:
             timing=self.timing,
             tune_gc=False,
             feed_poll_interval=None,  # the runner polls the feed once for all chunks
-            feed_stats=self.feed_stats,
+            job=self.job,
         )
         executor.register(pool)
         lost = asyncio.Event()

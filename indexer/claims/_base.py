@@ -31,16 +31,16 @@ from typing import Any, Self
 
 import msgspec
 
-from ..errors import IndexerError
+from ..errors import FencingError
 
 Clock = Callable[[], float]
 
 
-class ClaimLost(IndexerError):
+class ClaimLost(FencingError):
     """The lease is no longer the caller's: another owner claimed the chunk, or it expired."""
 
 
-class ClaimNotFound(IndexerError):
+class ClaimNotFound(FencingError):
     """There is no such claim: the chunk was never claimed, or the claim was released."""
 
 

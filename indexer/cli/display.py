@@ -15,17 +15,15 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ..executor import IndexerExecutor
+from ..stats import JobView
 
 
 class ProgressDisplay:
     """Shows done / target, rate and ETA when the last checkpoint is known; rate and lag
     otherwise. Use only when the output is a terminal."""
 
-    def __init__(
-        self, executor: IndexerExecutor, last_checkpoint: int | None, console: Console
-    ) -> None:
-        self.executor = executor
+    def __init__(self, job: JobView, last_checkpoint: int | None, console: Console) -> None:
+        self.job = job
         self.last = last_checkpoint
         self.progress = Progress(
             TextColumn("[bold]{task.description:<20}"),
@@ -48,21 +46,21 @@ class ProgressDisplay:
         with self.progress:
             while True:
                 now = loop.time()
-                feed = self.executor.feed_stats
+                feed = self.job.feed
                 latest = feed.latest if feed.latest is not None else feed.last_read
-                for pool in self.executor.pools:
-                    start = pool.start_watermark
-                    done = pool.watermark - start
+                for view in self.job.pipelines.values():
+                    start = view.start
+                    done = view.watermark - start
                     total = self.last - start + 1 if self.last is not None else None
-                    then, before = previous.get(pool.name, (now, done))
+                    then, before = previous.get(view.name, (now, done))
                     rate = (done - before) / (now - then) if now > then else 0.0
-                    previous[pool.name] = (now, done)
-                    lag = "" if latest is None else f"lag {max(0, latest + 1 - pool.watermark)}"
+                    previous[view.name] = (now, done)
+                    lag = "" if latest is None else f"lag {max(0, latest + 1 - view.watermark)}"
                     speed = f"{rate:,.0f}/s"
-                    if pool.name not in tasks:
-                        tasks[pool.name] = self.progress.add_task(
-                            pool.name, total=total, completed=done, rate=speed, lag=lag
+                    if view.name not in tasks:
+                        tasks[view.name] = self.progress.add_task(
+                            view.name, total=total, completed=done, rate=speed, lag=lag
                         )
                     else:
-                        self.progress.update(tasks[pool.name], completed=done, rate=speed, lag=lag)
+                        self.progress.update(tasks[view.name], completed=done, rate=speed, lag=lag)
                 await asyncio.sleep(interval)

@@ -75,7 +75,7 @@ def _run_here(
     if config.metrics.enabled:
         host, port = parse_address(config.metrics.address, "metrics.address")
         try:
-            server = serve_metrics(executor, host, port)
+            server = serve_metrics(executor.job, host, port)
         except OSError as exc:
             raise IndexerError(
                 f"cannot serve metrics on {config.metrics.address}: {exc.strerror or exc}"
@@ -92,7 +92,7 @@ def _run_here(
     finally:
         if server is not None:
             server.shutdown()
-    processed = sum(pool.stats.processed for pool in executor.pools)
+    processed = executor.job.processed
     rate = processed / elapsed if elapsed > 0 else 0.0
     marks = ", ".join(f"{name}={mark}" for name, mark in watermarks.items())
     return (
@@ -122,7 +122,7 @@ async def _run_chunked(
         lease_ttl=config.scale.lease_ttl,
         timing=executor.timing,
         on_signal=on_signal,
-        feed_stats=executor.feed_stats,  # what the metrics endpoint and progress bars read
+        job=executor.job,  # what the metrics endpoint and progress bars read
     )
     return await runner.run(config.run.first_checkpoint, config.run.last_checkpoint)
 
@@ -134,7 +134,7 @@ async def _run(executor: IndexerExecutor, source: Any, config: Config) -> dict[s
 
         from .display import ProgressDisplay
 
-        display = ProgressDisplay(executor, config.run.last_checkpoint, Console(stderr=True))
+        display = ProgressDisplay(executor.job, config.run.last_checkpoint, Console(stderr=True))
         display_task = asyncio.create_task(display.run())
     try:
         return await executor.run(source, config.run.first_checkpoint, config.run.last_checkpoint)

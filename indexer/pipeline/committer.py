@@ -16,18 +16,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import structlog
-
-from ..claims import ClaimLost, ClaimNotFound
-from ..errors import ConfigurationError, PipelineHalted
-from ..metrics import PipelineStats
+from .._log import log
+from ..errors import ConfigurationError, FencingError, PipelineHalted
 from ..progress import ProgressStore, TransactionalProgressStore, base_store
 from ..reducer import Reducer
 from ..retry import RetryPolicy, sleep_unless_set
+from ..stats import PipelineStats
 from .watermark import WatermarkTracker
-
-log = structlog.get_logger("indexer")
-
 
 _SAVE_RETRY = RetryPolicy(initial=0.1, max_delay=5.0)
 
@@ -229,7 +224,7 @@ class Committer:
             try:
                 await operation()
                 return time.perf_counter() - started
-            except (ClaimLost, ClaimNotFound) as exc:  # fenced out: retrying cannot help
+            except FencingError as exc:  # fenced out: retrying cannot help
                 raise PipelineHalted(self.pipeline, f"{what} refused: {exc}") from exc
             except ConfigurationError as exc:  # a wrong setting stays wrong: do not retry
                 raise PipelineHalted(self.pipeline, f"{what} failed: {exc}") from exc

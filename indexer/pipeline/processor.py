@@ -2,8 +2,10 @@
 
 Checkpoints wait in a ``ReadyQueue``, lowest sequence number first, so dispatch is in sequence
 order and a checkpoint coming back from a long ``Retry`` goes ahead of newer ones. The tasks are
-supervised by asyncio-pool (one ``spawn`` per task, not per checkpoint). Failures are retried
-per the RetryPolicy with cancellable sleeps.
+plain named tasks, ``concurrency`` of them for the whole run: a task per checkpoint would cost
+a spawn each (about 6 us with asyncio-pool), and a pool that bounds spawned coroutines has
+nothing to bound when the number of tasks is fixed. Failures are retried per the RetryPolicy
+with cancellable sleeps.
 """
 
 from __future__ import annotations
@@ -16,15 +18,11 @@ from collections.abc import Awaitable, Callable
 from heapq import heappop, heappush
 from typing import Any
 
-import structlog
-from asyncio_pool import AioPool
-
+from .._log import log
 from ..errors import PipelineHalted
-from ..metrics import PipelineStats
 from ..retry import RetryPolicy, sleep_unless_set
+from ..stats import PipelineStats
 from ..worker import Retry, Worker
-
-log = structlog.get_logger("indexer")
 
 #: Returned by recovery when the checkpoint yields no completion now (rescheduled, abandoned).
 _NO_COMPLETION: Any = object()
@@ -150,17 +148,18 @@ class Processor:
         #: Where checkpoints wait for a free task; the pipeline puts them here.
         self.queue = ReadyQueue()
         self._timers: dict[int, asyncio.TimerHandle] = {}
-        self._aiopool: AioPool | None = None
-        self._tasks: list[asyncio.Future[Any]] = []
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def queued(self) -> int:
         return len(self.queue)
 
-    async def start(self) -> None:
-        self._aiopool = AioPool(size=self.concurrency)
-        for _ in range(self.concurrency):
-            self._tasks.append(await self._aiopool.spawn(self._run()))
+    def start(self) -> None:
+        """Start the ``concurrency`` tasks."""
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"{self.pipeline}:worker-{i}")
+            for i in range(self.concurrency)
+        ]
 
     async def shutdown(self) -> None:
         """Drop what was not started, let running calls finish, and wait for the tasks."""
@@ -171,15 +170,15 @@ class Processor:
         queue.clear()
         for _ in self._tasks:
             queue.put(_STOP)
-        if self._aiopool is not None:
-            await self._aiopool.join()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def abort(self) -> None:
         """Cancel every task at once."""
         for timer in self._timers.values():
             timer.cancel()
-        if self._aiopool is not None:
-            await self._aiopool.cancel()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _run(self) -> None:
         get, pop = self.queue.get, self.queue.pop

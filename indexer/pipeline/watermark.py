@@ -89,7 +89,8 @@ class WatermarkTracker:
         """The highest admitted sequence number, or None before the first admission."""
         return self._window[-1][0] if self._window else None
 
-    def _has_room(self, weight: int) -> bool:
+    def has_room(self, weight: int) -> bool:
+        """Whether a checkpoint of ``weight`` would be admitted now without waiting."""
         if not self._window:
             return True
         if len(self._window) >= self.max_count:
@@ -102,7 +103,7 @@ class WatermarkTracker:
         Sequence numbers must rise. If the waiting task is cancelled, nothing is tracked and the
         cancellation propagates at once.
         """
-        while not self._has_room(weight):
+        while not self.has_room(weight):
             if self._space is None or self._space.done():
                 self._space = asyncio.get_running_loop().create_future()
             if self.on_blocked is not None:

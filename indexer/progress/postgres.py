@@ -10,9 +10,9 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncpg
-import structlog
 
 from .._dsn import mask_dsn
+from .._log import log
 from ..errors import ConfigurationError, ProgressStoreError
 from ._base import DeadLetter, TransactionalProgressStore
 
@@ -27,7 +27,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-log = structlog.get_logger("indexer")
 
 #: Errors that mean the connection (or the server) went away; worth retrying.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (

@@ -12,14 +12,13 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import structlog
-
+from .._log import Logger
 from ..checkpoint import CheckpointDecoder
 from ..errors import ConfigurationError
 from ._base import CheckpointSource, SourcedBatch
 from ._feed_reader import FeedFileReader, FileRun
 
-logger = structlog.get_logger("indexer.sources")
+logger = Logger("indexer.sources")
 
 #: Canonical feed names only: ``007.chk`` or ``+7.chk`` would never be found by number.
 _FEED_NAME = re.compile(r"(0|[1-9][0-9]*)\.chk")

@@ -1,0 +1,164 @@
+"""What a job counts as it runs, kept as plain attributes: a processed checkpoint costs a few
+increments, not a lock per metric. The metrics endpoint, the progress bars and the closing
+summary read it through a ``JobView``: per pipeline its counters and the run in progress,
+and what the reader saw of the feed. A view lives as long as the job in this process, across
+the runs of its pipelines (one per chunk in a chunked job).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Sequence
+from typing import Protocol
+
+__all__ = [
+    "FeedStats",
+    "Histogram",
+    "JobView",
+    "PipelineStats",
+    "PipelineView",
+]
+
+SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+MESSAGES_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+class Histogram:
+    """A fixed-bucket histogram: one bisect and two additions per observation."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """Prometheus buckets: ``(le, cumulative count)`` ending with ``+Inf``."""
+        total = 0
+        out: list[tuple[str, float]] = []
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += count
+            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), total))
+        return out
+
+
+class PipelineStats:
+    """Counters one pipeline updates as it runs; read by the collector, the CLI and tests."""
+
+    __slots__ = (
+        "batch_messages",
+        "batches_committed",
+        "batches_failed",
+        "commit_seconds",
+        "dead_letters",
+        "processed",
+        "processing_seconds",
+        "retries",
+    )
+
+    def __init__(self) -> None:
+        self.processed = 0
+        self.retries = 0
+        self.dead_letters = 0
+        self.batches_committed = 0
+        self.batches_failed = 0
+        self.processing_seconds = Histogram(SECONDS_BUCKETS)
+        self.commit_seconds = Histogram(SECONDS_BUCKETS)
+        self.batch_messages = Histogram(MESSAGES_BUCKETS)
+
+
+class FeedStats:
+    """What the reader saw of the feed."""
+
+    __slots__ = ("bytes_read", "last_read", "latest")
+
+    def __init__(self) -> None:
+        self.bytes_read = 0
+        self.latest: int | None = None  # newest checkpoint the feed holds, when known
+        self.last_read: int | None = None
+
+
+class RunningPipeline(Protocol):
+    """What a view reads of a pipeline's run in progress (``indexer.pipeline.PipelineRun``)."""
+
+    @property
+    def start(self) -> int: ...
+
+    @property
+    def watermark(self) -> int: ...
+
+    @property
+    def inflight(self) -> int: ...
+
+
+class PipelineView:
+    """One pipeline of a job: its counters, and its run in progress if any."""
+
+    __slots__ = ("_last_watermark", "_start", "name", "run", "stats")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.stats = PipelineStats()
+        #: The run in progress; None before the first and between runs.
+        self.run: RunningPipeline | None = None
+        self._start = 0
+        self._last_watermark = 0
+
+    def attach(self, run: RunningPipeline) -> None:
+        """A run of this pipeline starts."""
+        self.run = run
+        self._start = run.start
+
+    def detach(self) -> None:
+        """The run in progress ended; its final watermark stays shown."""
+        if self.run is not None:
+            self._last_watermark = self.run.watermark
+            self.run = None
+
+    @property
+    def start(self) -> int:
+        """Where the latest run started."""
+        return self._start
+
+    @property
+    def watermark(self) -> int:
+        """The saved watermark of the run in progress, else of the latest run."""
+        run = self.run
+        return run.watermark if run is not None else max(self._last_watermark, self._start)
+
+    @property
+    def inflight(self) -> int:
+        """Checkpoints admitted but not committed by the run in progress."""
+        run = self.run
+        return run.inflight if run is not None else 0
+
+
+class JobView:
+    """The pipelines of a job in this process, in the order they were added, and the feed."""
+
+    __slots__ = ("feed", "pipelines")
+
+    def __init__(self) -> None:
+        self.feed = FeedStats()
+        self.pipelines: dict[str, PipelineView] = {}
+
+    def pipeline(self, name: str) -> PipelineView:
+        """The view of pipeline ``name``, added on first use."""
+        view = self.pipelines.get(name)
+        if view is None:
+            view = self.pipelines[name] = PipelineView(name)
+        return view
+
+    @property
+    def processed(self) -> int:
+        """Checkpoints processed by every pipeline together."""
+        return sum(view.stats.processed for view in self.pipelines.values())
