@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from .errors import ProgressStoreError
+from .retry import RetryPolicy, retry
 
 __all__ = [
     "SharedConnection",
@@ -50,22 +50,23 @@ async def connect(path: Path, *, busy_timeout: float = 30.0) -> aiosqlite.Connec
             worker.join(timeout=5)  # it only has its stop sentinel left to run
         raise
     try:
-        deadline = time.monotonic() + busy_timeout
-        delay = 0.001
-        while True:
-            try:
-                await fetch(conn, "PRAGMA journal_mode=WAL")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() >= deadline:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.05)
+        await retry(
+            lambda: fetch(conn, "PRAGMA journal_mode=WAL"),
+            _wal_switch_retry(busy_timeout),
+            retry_on=lambda exc: isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc),
+        )
         await fetch(conn, "PRAGMA synchronous=FULL")
     except BaseException:
         await conn.close()
         raise
     return conn
+
+
+def _wal_switch_retry(busy_timeout: float) -> RetryPolicy:
+    """Waits of 1 ms doubling to 50 ms, for about ``busy_timeout`` seconds in all."""
+    return RetryPolicy(
+        initial=0.001, max_delay=0.05, jitter=0, max_attempts=int(busy_timeout / 0.05) + 7
+    )
 
 
 async def fetch(conn: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()) -> list[Any]:

@@ -12,13 +12,12 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import asyncpg
 
 from indexer import ConfigurationError, Reducer
+from indexer._postgres import CONNECT_TIMEOUT, DDL_LOCK, quote_ident
 from indexer.progress import PostgresProgressStore
-from indexer.progress.postgres import CONNECT_TIMEOUT, quote_ident
 
 __all__ = ["PostgresSink", "same_database"]
 
 Row = Sequence[Any] | Mapping[str, Any]
-_DDL_LOCK = "SELECT pg_advisory_xact_lock(hashtext('indexer ddl'))"
 _LOOPBACK = {"localhost", "127.0.0.1", "::1", ""}
 
 
@@ -147,7 +146,7 @@ class PostgresSink(Reducer[Sequence[Row]]):
         if await conn.fetchval(exists, self._qualified, index):
             self._ready = True  # seen before this transaction wrote anything: committed
             return
-        await conn.execute(_DDL_LOCK)
+        await conn.execute(DDL_LOCK)
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
         cols = ", ".join(f'"{name}" {sql_type}' for name, sql_type in self.columns.items())
         await conn.execute(f"CREATE TABLE IF NOT EXISTS {self._qualified} ({cols})")

@@ -358,7 +358,7 @@ def test_bad_retry_settings_are_configuration_errors() -> None:
 
 
 def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
-    policy = RetryPolicy(initial=1, multiplier=2, max_delay=10, jitter=0, rng=random.Random(1))
+    policy = RetryPolicy(initial=1, multiplier=2, max_delay=10, jitter=0)
     assert [policy.delay(n) for n in range(1, 6)] == [1, 2, 4, 8, 10]
     assert policy.delay(5000) == 10  # no overflow on very long outages
     jittered = RetryPolicy(initial=1, multiplier=2, max_delay=10, jitter=0.5)

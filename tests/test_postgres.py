@@ -19,7 +19,7 @@ from indexer import ConfigurationError, IndexerExecutor, ProgressStoreError, Wor
 from indexer.cli.build import build_store
 from indexer.cli.config import Config, ProgressConfig, load_config
 from indexer.progress import MemoryProgressStore, PostgresProgressStore, SqliteProgressStore
-from indexer.sources import SyntheticSource
+from indexer.sources import MemorySource, SyntheticSource
 from reducers import PostgresSink
 from workers import TransactionExtractor
 
@@ -203,22 +203,19 @@ def test_build_store_returns_a_postgres_store_for_dsns() -> None:
         assert isinstance(store, PostgresProgressStore) and store.dsn == spec
 
 
-async def test_lost_connection_is_retried_and_logged_once_per_outage(
-    store: PostgresProgressStore, pg_schema: str, db: asyncpg.Connection
+async def _kill_backends_waiting_for_a_lock(
+    db: asyncpg.Connection, application_name: str | None, times: int
 ) -> None:
-    await store.save("p", 1)
+    """Terminate, ``times`` times, a backend of ``application_name`` that waits for a row lock."""
+    sql = (
+        "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'"
+    )
     killed: set[int] = set()
-
-    async def kill_the_waiting_save() -> None:
-        """Wait until the save's (new) backend waits for the row lock, then terminate it."""
-        sql = (
-            "SELECT pid FROM pg_stat_activity"
-            " WHERE application_name = $1 AND wait_event_type = 'Lock'"
-        )
+    for _ in range(times):
         fresh: list[int] = []
 
         async def waiting() -> bool:
-            pids = [r[0] for r in await db.fetch(sql, store.application_name)]
+            pids = [r[0] for r in await db.fetch(sql, application_name)]
             fresh[:] = [pid for pid in pids if pid not in killed]
             return bool(fresh)
 
@@ -226,24 +223,57 @@ async def test_lost_connection_is_retried_and_logged_once_per_outage(
         assert await db.fetchval("SELECT pg_terminate_backend($1)", fresh[0])
         killed.add(fresh[0])
 
+
+async def _holding_the_watermark_row(store: PostgresProgressStore, schema: str) -> Any:
+    """A connection of its own holding pipeline 'p''s watermark row FOR UPDATE."""
     holder = await asyncpg.connect(store.dsn)
+    transaction = holder.transaction()
+    await transaction.start()
+    await holder.execute(
+        f"SELECT * FROM \"{schema}\".indexer_watermarks WHERE pipeline = 'p' FOR UPDATE"
+    )
+    return holder, transaction
+
+
+async def test_a_lost_connection_fails_the_store_call_at_once(
+    store: PostgresProgressStore, pg_schema: str, db: asyncpg.Connection
+) -> None:
+    """The store does not retry: one layer (the pipeline's committer) does."""
+    await store.save("p", 1)
+    holder, transaction = await _holding_the_watermark_row(store, pg_schema)
+    try:
+        saving = asyncio.create_task(store.save("p", 5))
+        await _kill_backends_waiting_for_a_lock(db, store.application_name, 1)
+        with pytest.raises(ProgressStoreError, match="cannot save: connection was closed"):
+            await asyncio.wait_for(saving, 10)
+    finally:
+        await transaction.rollback()
+        await holder.close()
+    assert await store.load("p") == 1
+
+
+async def test_the_committer_retries_a_save_whose_connection_was_lost(
+    store: PostgresProgressStore, pg_schema: str, db: asyncpg.Connection
+) -> None:
+    """A pipeline's watermark save loses its connection twice: the committer retries it, logs
+    each failure, and the run ends with every checkpoint saved."""
+    await store.save("p", 0)
+    holder, transaction = await _holding_the_watermark_row(store, pg_schema)
+    executor = IndexerExecutor(store, handle_signals=False, tune_gc=False)
+    executor.register(WorkerPool(TransactionExtractor(), name="p", concurrency=4))
+    source = MemorySource([SyntheticSource(seed=1).checkpoint_at(n) for n in range(20)])
     try:
         with capture_logs() as logs:
-            async with holder.transaction():  # hold the row: the save is in flight when killed
-                await holder.execute(
-                    f'SELECT * FROM "{pg_schema}".indexer_watermarks'
-                    " WHERE pipeline = 'p' FOR UPDATE"
-                )
-                saving = asyncio.create_task(store.save("p", 5))
-                await kill_the_waiting_save()
-                await kill_the_waiting_save()  # a second failure in the same outage
-            assert await asyncio.wait_for(saving, 10) == 5
+            running = asyncio.create_task(executor.run(source))
+            await _kill_backends_waiting_for_a_lock(db, store.application_name, 2)
+            await transaction.rollback()  # let the third try through
+            assert await asyncio.wait_for(running, 10) == {"p": 20}
     finally:
         await holder.close()
-    assert await store.load("p") == 5
-    events = [entry["event"] for entry in logs]
-    assert events.count("progress store unreachable, retrying") == 1
-    assert events.count("progress store reachable again") == 1
+    assert await store.load("p") == 20
+    failures = [entry for entry in logs if entry["event"] == "watermark save failed, retrying"]
+    assert [entry["attempt"] for entry in failures] == [1, 2]
+    assert all("connection was closed" in entry["error"] for entry in failures)
 
 
 # --- PostgresSink ------------------------------------------------------------------------------
@@ -433,7 +463,7 @@ options = {{ table = "txs", schema = "{pg_schema}", columns = {columns} }}
 async def test_pool_reset_rolls_back_a_transaction_left_open(postgres_dsn: str) -> None:
     """The stores' pools skip asyncpg's session reset but never hand out a connection that is
     still inside a transaction."""
-    from indexer.progress.postgres import skip_session_reset
+    from indexer._postgres import skip_session_reset
 
     pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=1, reset=skip_session_reset)
     try:

@@ -20,11 +20,12 @@ from typing import Any
 from .._gc import tuned_gc
 from .._log import log
 from .._signals import stop_signals
-from ..claims import ChunkLayout, Claim, ClaimLost, ClaimNotFound, ClaimStore
-from ..errors import ConfigurationError, ShutdownAborted
+from ..claims import ChunkLayout, Claim, ClaimStore
+from ..errors import ConfigurationError, FencingError, ShutdownAborted
 from ..executor import IndexerExecutor, poll_feed
 from ..pipeline import WorkerPool
 from ..progress import ProgressStore
+from ..retry import RetryPolicy, retry, sleep_unless_set
 from ..sources import CheckpointSource
 from ..stats import JobView
 from .progress import ChunkProgressStore
@@ -136,7 +137,7 @@ class ChunkedRunner:
                     if await self._all_done(layouts, last):
                         break
                     if not progressed:
-                        await _sleep_unless(self._stop, self.poll_interval)
+                        await sleep_unless_set(self._stop, self.poll_interval)
             return {
                 name: await self._update_watermark(name, layout, last)
                 for name, layout in layouts.items()
@@ -235,7 +236,7 @@ class ChunkedRunner:
             marks = await executor.run(source, first_checkpoint=start, last_checkpoint=end)
         except Exception as exc:
             # A halt on a refused commit is the fence working: nothing of it was committed.
-            if lost.is_set() or isinstance(exc.__cause__, (ClaimLost, ClaimNotFound)):
+            if lost.is_set() or isinstance(exc.__cause__, FencingError):
                 log.warning("chunk abandoned: lease lost", pipeline=pool.name, chunk=claim.chunk)
                 self.chunks_abandoned += 1
                 return True
@@ -248,34 +249,49 @@ class ChunkedRunner:
             self.chunks_abandoned += 1
             return True
         if marks[pool.name] > end and complete:
-            with contextlib.suppress(ClaimLost, ClaimNotFound):
+            with contextlib.suppress(FencingError):
                 await self.claims.release(claim, done=True)
                 self.chunks_done += 1
                 log.info("chunk done", pipeline=pool.name, chunk=claim.chunk)
         else:  # stopped part-way or at ``last``: the progress stays with the chunk
-            with contextlib.suppress(ClaimLost, ClaimNotFound):
+            with contextlib.suppress(FencingError):
                 await self.claims.release(claim)
         await self._update_watermark(pool.name, layout, last)
         return True
 
     async def _renew(self, claim: Claim, executor: IndexerExecutor, lost: asyncio.Event) -> None:
         """Extend the lease every ``heartbeat`` seconds; stop the chunk when it is lost or when
-        ``MAX_RENEWAL_FAILURES`` renewals in a row fail."""
-        failures = 0
+        ``MAX_RENEWAL_FAILURES`` renewals in a row fail (each failure retried a heartbeat
+        later)."""
+        policy = RetryPolicy(
+            initial=self.heartbeat,
+            multiplier=1,
+            max_delay=self.heartbeat,
+            jitter=0,
+            max_attempts=MAX_RENEWAL_FAILURES,
+        )
+
+        def failed(attempt: int, exc: Exception, delay: float) -> None:
+            log.warning("lease renewal failed", chunk=claim.chunk, error=repr(exc))
+
+        async def extend() -> Claim:
+            return await self.claims.extend(claim, self.lease_ttl)
+
         while True:
             await asyncio.sleep(self.heartbeat)
             try:
-                claim = await self.claims.extend(claim, self.lease_ttl)
-                failures = 0
+                claim = await retry(
+                    extend,
+                    policy,
+                    retry_on=lambda exc: not isinstance(exc, FencingError),
+                    on_retry=failed,
+                )
                 continue
-            except (ClaimLost, ClaimNotFound) as exc:
+            except FencingError as exc:
                 reason = str(exc)
             except Exception as exc:
-                failures += 1
                 log.warning("lease renewal failed", chunk=claim.chunk, error=repr(exc))
-                if failures < MAX_RENEWAL_FAILURES:
-                    continue
-                reason = f"{failures} renewals failed in a row"
+                reason = f"{MAX_RENEWAL_FAILURES} renewals failed in a row"
             log.warning("lease lost, abandoning the chunk", chunk=claim.chunk, reason=reason)
             lost.set()
             executor.request_stop()
@@ -331,8 +347,3 @@ class ChunkedRunner:
             self.request_stop()
         elif self._main is not None:
             self._main.cancel()
-
-
-async def _sleep_unless(event: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), seconds)

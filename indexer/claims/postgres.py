@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 
 from .._dsn import mask_dsn
-from ..errors import ProgressStoreError
-from ..progress.postgres import close_pool, create_missing, open_pool, quote_ident, reason
+from .._postgres import ERRORS, SharedPool, create_missing, quote_ident
 from ._base import (
     ChunkLayout,
     ChunkState,
@@ -26,10 +24,6 @@ from ._base import (
 )
 
 __all__ = ["PostgresClaimStore"]
-
-T = TypeVar("T")
-
-_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class PostgresClaimStore(ClaimStore):
@@ -57,11 +51,16 @@ class PostgresClaimStore(ClaimStore):
         self.dsn = dsn
         self.schema = schema
         self.clock = clock
-        self.min_size = min_size
-        self.max_size = max_size
-        if application_name is None and "application_name=" not in dsn:
-            application_name = "indexer"
-        self.application_name = application_name
+        self._db = SharedPool(
+            dsn,
+            what="claim database",
+            reentry="claim store called inside its own fenced transaction; "
+            "use the connection it yields",
+            setup=self._create_tables,
+            min_size=min_size,
+            max_size=max_size,
+            application_name=application_name,
+        )
         qualified = quote_ident(schema, "claim store schema")
         self._table = t = f"{qualified}.indexer_claims"
         self._layouts = f"{qualified}.indexer_chunk_layouts"
@@ -89,9 +88,6 @@ class PostgresClaimStore(ClaimStore):
             FROM pick WHERE c.pipeline = $1 AND c.chunk = pick.chunk
             RETURNING c.chunk, c.token"""
         self._set_progress = f"UPDATE {t} SET progress = $3 WHERE pipeline = $1 AND chunk = $2"
-        self._pool: asyncpg.Pool | None = None
-        self._open_lock = asyncio.Lock()
-        self._owners: set[asyncio.Task[Any]] = set()  # tasks inside fenced()
 
     def __repr__(self) -> str:
         return f"PostgresClaimStore({mask_dsn(self.dsn)!r}, schema={self.schema!r})"
@@ -99,17 +95,7 @@ class PostgresClaimStore(ClaimStore):
     async def open(self) -> None:
         """Create the pool, the schema and the table; idempotent. Fails fast when the database
         cannot be reached, with a one-line ProgressStoreError naming the masked DSN."""
-        async with self._open_lock:
-            if self._pool is not None:
-                return
-            self._pool = await open_pool(
-                self.dsn,
-                min_size=self.min_size,
-                max_size=self.max_size,
-                application_name=self.application_name,
-                what="claim database",
-                setup=self._create_tables,
-            )
+        await self._db.open()
 
     async def _create_tables(self, conn: asyncpg.Connection) -> None:
         claims = """pipeline TEXT NOT NULL,
@@ -127,10 +113,7 @@ class PostgresClaimStore(ClaimStore):
 
     async def close(self) -> None:
         """Close the pool; idempotent."""
-        async with self._open_lock:
-            if self._pool is not None:
-                pool, self._pool = self._pool, None
-                await close_pool(pool)
+        await self._db.close()
 
     async def ensure_chunks(self, pipeline: str, count: int) -> None:
         """Create the rows of chunks 0..count-1 that are missing; existing rows are untouched."""
@@ -138,7 +121,7 @@ class PostgresClaimStore(ClaimStore):
                   SELECT $1, g FROM generate_series(0::bigint, $2::bigint - 1) AS g
                   ON CONFLICT DO NOTHING"""
         if count > 0:
-            await self._run("create chunks", lambda c: c.execute(sql, pipeline, count))
+            await self._db.run("create chunks", lambda c: c.execute(sql, pipeline, count))
 
     async def claim(self, pipeline: str, chunk: int, owner: str, ttl: float) -> Claim | None:
         """Lease ``chunk`` to ``owner`` until now + ttl, or None if it is held or done."""
@@ -146,7 +129,7 @@ class PostgresClaimStore(ClaimStore):
         ttl = check_ttl(ttl)
         now = self.clock()
         expires = now + ttl
-        token = await self._run(
+        token = await self._db.run(
             "claim", lambda c: c.fetchval(self._claim, pipeline, chunk, owner, now, expires)
         )
         return None if token is None else Claim(pipeline, chunk, owner, int(token), expires)
@@ -159,7 +142,7 @@ class PostgresClaimStore(ClaimStore):
         low, high = chunk_bounds(chunks)
         now = self.clock()
         expires = now + ttl
-        row = await self._run(
+        row = await self._db.run(
             "claim",
             lambda c: c.fetchrow(self._claim_next, pipeline, now, low, high, 1, owner, expires),
         )
@@ -176,7 +159,7 @@ class PostgresClaimStore(ClaimStore):
                 await conn.execute(sql, claim.pipeline, claim.chunk, expires)
             return expires
 
-        expires = await self._run("extend a claim", extend)
+        expires = await self._db.run("extend a claim", extend)
         return Claim(claim.pipeline, claim.chunk, claim.owner, claim.token, expires)
 
     async def release(self, claim: Claim, done: bool = False) -> None:
@@ -189,7 +172,7 @@ class PostgresClaimStore(ClaimStore):
                 await self._check(conn, claim, live=False)
                 await conn.execute(sql, claim.pipeline, claim.chunk, done)
 
-        await self._run("release a claim", release)
+        await self._db.run("release a claim", release)
 
     async def find_available(
         self, pipeline: str, limit: int, chunks: range | None = None
@@ -198,7 +181,9 @@ class PostgresClaimStore(ClaimStore):
         another transaction has locked."""
         low, high = chunk_bounds(chunks)
         args = (pipeline, self.clock(), low, high, max(limit, 0))
-        rows = await self._run("find available chunks", lambda c: c.fetch(self._available, *args))
+        rows = await self._db.run(
+            "find available chunks", lambda c: c.fetch(self._available, *args)
+        )
         return [int(row[0]) for row in rows]
 
     async def save_progress(self, claim: Claim, next_checkpoint: int) -> None:
@@ -209,12 +194,12 @@ class PostgresClaimStore(ClaimStore):
                 await self._check(conn, claim, live=True)
                 await conn.execute(self._set_progress, claim.pipeline, claim.chunk, next_checkpoint)
 
-        await self._run("save progress", save)
+        await self._db.run("save progress", save)
 
     async def progress(self, pipeline: str, chunk: int) -> int | None:
         """The chunk's saved next checkpoint, or None."""
         sql = f"SELECT progress FROM {self._table} WHERE pipeline = $1 AND chunk = $2"
-        value = await self._run("load progress", lambda c: c.fetchval(sql, pipeline, chunk))
+        value = await self._db.run("load progress", lambda c: c.fetchval(sql, pipeline, chunk))
         return None if value is None else int(value)
 
     @asynccontextmanager
@@ -225,21 +210,12 @@ class PostgresClaimStore(ClaimStore):
         concurrent claim waits for it) after checking the lease is live; save
         ``next_checkpoint`` and commit on a clean exit, roll back if the block raises. Errors
         inside the block propagate unchanged."""
-        self._refuse_reentry()
-        pool = await self._opened()
-        task = asyncio.current_task()
-        async with pool.acquire() as conn, conn.transaction():
+        async with self._db.transaction() as conn:
             try:
                 await self._check(conn, claim, live=True)
-            except _ERRORS as exc:
-                raise self._error("begin a fenced transaction", exc) from exc
-            if task is not None:
-                self._owners.add(task)
-            try:
-                yield conn
-            finally:
-                if task is not None:
-                    self._owners.discard(task)
+            except ERRORS as exc:
+                raise self._db.error("begin a fenced transaction", exc) from exc
+            yield conn
             if next_checkpoint is not None:
                 await conn.execute(self._set_progress, claim.pipeline, claim.chunk, next_checkpoint)
 
@@ -252,13 +228,13 @@ class PostgresClaimStore(ClaimStore):
             await conn.execute(insert, pipeline, layout.first, layout.chunk_size)
             return await conn.fetchrow(self._layout_sql, pipeline)
 
-        row = await self._run("record the chunk layout", adopt)
+        row = await self._db.run("record the chunk layout", adopt)
         return ChunkLayout(int(row[0]), int(row[1]))
 
     async def layout(self, pipeline: str) -> ChunkLayout | None:
         """The pipeline's recorded layout, or None."""
         sql = self._layout_sql
-        row = await self._run("read the chunk layout", lambda c: c.fetchrow(sql, pipeline))
+        row = await self._db.run("read the chunk layout", lambda c: c.fetchrow(sql, pipeline))
         return None if row is None else ChunkLayout(int(row[0]), int(row[1]))
 
     async def forget(self, pipeline: str) -> None:
@@ -269,12 +245,14 @@ class PostgresClaimStore(ClaimStore):
                 for table in (self._table, self._layouts):
                     await conn.execute(f"DELETE FROM {table} WHERE pipeline = $1", pipeline)
 
-        await self._run("forget chunks", forget)
+        await self._db.run("forget chunks", forget)
 
     async def pipelines(self) -> list[str]:
         """Every pipeline with a recorded layout, sorted."""
         sql = f"SELECT pipeline FROM {self._layouts} ORDER BY pipeline"
-        return [row[0] for row in await self._run("list chunked pipelines", lambda c: c.fetch(sql))]
+        return [
+            row[0] for row in await self._db.run("list chunked pipelines", lambda c: c.fetch(sql))
+        ]
 
     @property
     def _layout_sql(self) -> str:
@@ -284,7 +262,7 @@ class PostgresClaimStore(ClaimStore):
         """Every chunk row of the pipeline in chunk order."""
         sql = f"""SELECT chunk, owner, token, expires_at, done, progress FROM {self._table}
                   WHERE pipeline = $1 ORDER BY chunk"""
-        rows = await self._run("list chunks", lambda c: c.fetch(sql, pipeline))
+        rows = await self._db.run("list chunks", lambda c: c.fetch(sql, pipeline))
         return [ChunkState(int(c), o, int(t), e, d, p) for c, o, t, e, d, p in rows]
 
     async def completed_prefix(self, pipeline: str) -> int:
@@ -294,7 +272,9 @@ class PostgresClaimStore(ClaimStore):
                       SELECT chunk, row_number() OVER (ORDER BY chunk) - 1 AS rank
                       FROM {self._table} WHERE pipeline = $1 AND done) AS d
                   WHERE chunk = rank"""
-        return int(await self._run("count completed chunks", lambda c: c.fetchval(sql, pipeline)))
+        return int(
+            await self._db.run("count completed chunks", lambda c: c.fetchval(sql, pipeline))
+        )
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -304,31 +284,3 @@ class PostgresClaimStore(ClaimStore):
         now = self.clock()  # read once the row is locked: no one can change it meanwhile
         check_holder(claim, None if row is None else tuple(row), now, live=live)
         return now
-
-    async def _opened(self) -> asyncpg.Pool:
-        if self._pool is None:
-            await self.open()
-        assert self._pool is not None
-        return self._pool
-
-    def _refuse_reentry(self) -> None:
-        """Fail fast instead of waiting forever on the row lock the caller's own block holds."""
-        if asyncio.current_task() in self._owners:
-            raise ProgressStoreError(
-                f"{mask_dsn(self.dsn)}: claim store called inside its own fenced transaction; "
-                "use the connection it yields"
-            )
-
-    def _error(self, action: str, exc: BaseException) -> ProgressStoreError:
-        return ProgressStoreError(f"{mask_dsn(self.dsn)}: cannot {action}: {reason(exc)}")
-
-    async def _run(self, action: str, operation: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """Run ``operation`` on a pooled connection; database errors become ProgressStoreError
-        (ClaimLost and ClaimNotFound pass through)."""
-        self._refuse_reentry()
-        pool = await self._opened()
-        try:
-            async with pool.acquire() as conn:
-                return await operation(conn)
-        except _ERRORS as exc:
-            raise self._error(action, exc) from exc

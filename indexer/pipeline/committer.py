@@ -20,11 +20,9 @@ from .._log import log
 from ..errors import ConfigurationError, FencingError, PipelineHalted
 from ..progress import ProgressStore, TransactionalProgressStore, base_store
 from ..reducer import Reducer
-from ..retry import RetryPolicy, sleep_unless_set
+from ..retry import STORE_WRITE_RETRY, RetryAbandoned, RetryPolicy, retry, sleep_unless_set
 from ..stats import PipelineStats
 from .watermark import WatermarkTracker
-
-_SAVE_RETRY = RetryPolicy(initial=0.1, max_delay=5.0)
 
 
 class _Abandoned(Exception):
@@ -189,11 +187,11 @@ class Committer:
                 async with store.transaction(self.pipeline, upto) as connection:
                     await reducer.commit_in_transaction(connection, batch)
 
-            seconds = await self._retrying(commit, reducer.commit_retry, what)
+            seconds = await self._retrying(commit, reducer.commit_retry, what, batch=True)
             self.saved = max(self.saved, upto)
         else:
             seconds = await self._retrying(
-                lambda: reducer.commit(batch), reducer.commit_retry, what
+                lambda: reducer.commit(batch), reducer.commit_retry, what, batch=True
             )
         stats = self.stats
         stats.batches_committed += 1
@@ -211,42 +209,63 @@ class Committer:
         async def save() -> None:
             self.saved = await store.save(self.pipeline, watermark)
 
-        await self._retrying(save, _SAVE_RETRY, "watermark save")
+        await self._retrying(save, STORE_WRITE_RETRY, "watermark save", batch=False)
         self.tracker.release(watermark)
 
     async def _retrying(
-        self, operation: Callable[[], Awaitable[None]], policy: RetryPolicy, what: str
+        self,
+        operation: Callable[[], Awaitable[None]],
+        policy: RetryPolicy,
+        what: str,
+        *,
+        batch: bool,
     ) -> float:
-        """Run ``operation`` until it succeeds; returns the seconds the successful try took."""
+        """Run ``operation`` until it succeeds (``retry``); returns the seconds the successful
+        try took; ``batch``: its failures count as failed batches. A fenced-out write or a
+        configuration error halts at once: retrying cannot help. So does running out of
+        attempts; a stop while waiting ends it (``_Abandoned``)."""
         attempts = 0
-        while True:
+        started = 0.0
+
+        async def timed() -> None:
+            nonlocal started
             started = time.perf_counter()
-            try:
-                await operation()
-                return time.perf_counter() - started
-            except FencingError as exc:  # fenced out: retrying cannot help
-                raise PipelineHalted(self.pipeline, f"{what} refused: {exc}") from exc
-            except ConfigurationError as exc:  # a wrong setting stays wrong: do not retry
-                raise PipelineHalted(self.pipeline, f"{what} failed: {exc}") from exc
-            except Exception as exc:
-                attempts += 1
-                if policy is not _SAVE_RETRY:
-                    self.stats.batches_failed += 1
-                if policy.exhausted(attempts):
-                    raise PipelineHalted(
-                        self.pipeline, f"{what} failed after {attempts} attempts: {exc!r}"
-                    ) from exc
-                delay = policy.delay(attempts)
-                log.warning(
-                    f"{what} failed, retrying",
-                    pipeline=self.pipeline,
-                    attempt=attempts,
-                    delay=round(delay, 3),
-                    seconds=round(time.perf_counter() - started, 3),
-                    error=repr(exc),
-                )
-                if not await sleep_unless_set(self._stopping, delay):
-                    log.error(
-                        f"{what} abandoned at shutdown", pipeline=self.pipeline, error=repr(exc)
-                    )
-                    raise _Abandoned from exc
+            await operation()
+
+        def failed(attempt: int, exc: Exception, delay: float) -> None:
+            nonlocal attempts
+            attempts = attempt
+            if batch:
+                self.stats.batches_failed += 1
+            log.warning(
+                f"{what} failed, retrying",
+                pipeline=self.pipeline,
+                attempt=attempt,
+                delay=round(delay, 3),
+                seconds=round(time.perf_counter() - started, 3),
+                error=repr(exc),
+            )
+
+        try:
+            await retry(
+                timed,
+                policy,
+                retry_on=lambda exc: not isinstance(exc, FencingError | ConfigurationError),
+                on_retry=failed,
+                stop=self._stopping,
+            )
+        except FencingError as exc:
+            raise PipelineHalted(self.pipeline, f"{what} refused: {exc}") from exc
+        except ConfigurationError as exc:
+            raise PipelineHalted(self.pipeline, f"{what} failed: {exc}") from exc
+        except RetryAbandoned as exc:
+            error = repr(exc.__cause__)
+            log.error(f"{what} abandoned at shutdown", pipeline=self.pipeline, error=error)
+            raise _Abandoned from exc
+        except Exception as exc:
+            if batch:
+                self.stats.batches_failed += 1
+            raise PipelineHalted(
+                self.pipeline, f"{what} failed after {attempts + 1} attempts: {exc!r}"
+            ) from exc
+        return time.perf_counter() - started

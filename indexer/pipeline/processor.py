@@ -19,8 +19,8 @@ from heapq import heappop, heappush
 from typing import Any
 
 from .._log import log
-from ..errors import PipelineHalted
-from ..retry import RetryPolicy, sleep_unless_set
+from ..errors import ConfigurationError, PipelineHalted
+from ..retry import STORE_WRITE_RETRY, RetryAbandoned, RetryPolicy, retry, sleep_unless_set
 from ..stats import PipelineStats
 from ..worker import Retry, Worker
 
@@ -247,12 +247,39 @@ class Processor:
     async def _exhausted(self, sequence_number: int, attempts: int, exc: Exception) -> Any:
         error = f"checkpoint {sequence_number} failed after {attempts} attempts: {exc!r}"
         if self.retry.on_exhausted == "skip":
-            await self._dead_letter(sequence_number, repr(exc))
+            if not await self._record_dead_letter(sequence_number, repr(exc)):
+                return _NO_COMPLETION  # stopped before it was recorded: it stays undone
             self.stats.dead_letters += 1
             log.error("checkpoint dead-lettered", pipeline=self.pipeline, error=error)
             return None
         self._on_halt(PipelineHalted(self.pipeline, error, sequence_number))
         return _NO_COMPLETION
+
+    async def _record_dead_letter(self, sequence_number: int, error: str) -> bool:
+        """Write the dead letter, retrying a failing store until it is written (True) or the
+        pipeline stops (False)."""
+
+        def failed(attempt: int, exc: Exception, delay: float) -> None:
+            log.warning(
+                "dead letter not recorded, retrying",
+                pipeline=self.pipeline,
+                checkpoint=sequence_number,
+                attempt=attempt,
+                delay=round(delay, 3),
+                error=repr(exc),
+            )
+
+        try:
+            await retry(
+                lambda: self._dead_letter(sequence_number, error),
+                STORE_WRITE_RETRY,
+                retry_on=lambda exc: not isinstance(exc, ConfigurationError),
+                on_retry=failed,
+                stop=self._stopping,
+            )
+        except RetryAbandoned:
+            return False
+        return True
 
     def _reschedule(self, sequence_number: int, checkpoint: Any, after: float) -> None:
         """Give the slot back and dispatch the checkpoint again when it is due."""
