@@ -2,25 +2,55 @@
 
 Subclass ``Worker`` (and optionally ``Reducer``), wrap it in a ``WorkerPool``, register the pool
 with an ``IndexerExecutor`` and run it over a checkpoint source.
+
+The names below are loaded on first use, so that ``import indexer`` (and the ``indexer``
+command's start-up) costs only what is used.
 """
 
-from .checkpoint import Checkpoint, Event, Transaction
-from .errors import (
-    CheckpointDecodeError,
-    ConfigurationError,
-    FeedReadError,
-    IndexerError,
-    PipelineHalted,
-    ProgressStoreError,
-    ShutdownAborted,
-)
-from .executor import IndexerExecutor
-from .pipeline import WorkerPool
-from .reducer import Reducer, TransactionalReducer
-from .retry import RetryPolicy
-from .worker import Retry, Worker
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoint, Event, Transaction
+    from .errors import (
+        CheckpointDecodeError,
+        ConfigurationError,
+        FeedReadError,
+        IndexerError,
+        PipelineHalted,
+        ProgressStoreError,
+        ShutdownAborted,
+    )
+    from .executor import IndexerExecutor
+    from .pipeline import WorkerPool
+    from .reducer import Reducer, TransactionalReducer
+    from .retry import RetryPolicy
+    from .worker import Retry, Worker
 
 __version__ = "0.1.0"
+
+#: Public name -> the module that defines it.
+_HOMES = {
+    "Checkpoint": "checkpoint",
+    "Event": "checkpoint",
+    "Transaction": "checkpoint",
+    "CheckpointDecodeError": "errors",
+    "ConfigurationError": "errors",
+    "FeedReadError": "errors",
+    "IndexerError": "errors",
+    "PipelineHalted": "errors",
+    "ProgressStoreError": "errors",
+    "ShutdownAborted": "errors",
+    "IndexerExecutor": "executor",
+    "WorkerPool": "pipeline",
+    "Reducer": "reducer",
+    "TransactionalReducer": "reducer",
+    "RetryPolicy": "retry",
+    "Retry": "worker",
+    "Worker": "worker",
+}
 
 __all__ = [
     "Checkpoint",
@@ -42,3 +72,16 @@ __all__ = [
     "WorkerPool",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value  # the next look-up is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])

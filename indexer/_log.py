@@ -10,9 +10,8 @@ application configured ``logging``; ``event key=value ...`` is their message.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
-
-import structlog
 
 __all__ = ["Logger", "log"]
 
@@ -29,7 +28,10 @@ class Logger:
         self.name = name
 
     def _emit(self, level: int, method: str, event: str, fields: dict[str, Any]) -> None:
-        if structlog.is_configured():
+        # An application that configured structlog has imported it: importing it here would
+        # cost every user of the framework a tenth of a second (it brings rich along).
+        structlog = sys.modules.get("structlog")
+        if structlog is not None and structlog.is_configured():
             getattr(structlog.get_logger(self.name), method)(event, **fields)
             return
         logger = logging.getLogger(self.name)

@@ -7,11 +7,13 @@ picks one explicitly; ``"auto"`` takes uvloop when it can be imported (not on Wi
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Coroutine
-from typing import Any, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["EVENT_LOOPS", "EventLoopName", "loop_factory", "run_on"]
 
@@ -39,6 +41,8 @@ def loop_factory(name: str = "auto") -> Callable[[], asyncio.AbstractEventLoop] 
 
 def run_on(name: str, main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run(main)`` on the event loop ``name`` picks."""
+    import asyncio  # here: the command's start-up (``indexer --help``) needs no event loop
+
     try:
         factory = loop_factory(name)
     except BaseException:

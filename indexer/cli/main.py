@@ -7,24 +7,23 @@ Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import msgspec
 
 from .. import __version__
+from .._dsn import mask_dsn
 from .._loop import EVENT_LOOPS, run_on
 from ..errors import failure_exit
-from .build import build_executor
-from .config import Config, load_config, mask_dsn, parse_address
-from .logs import configure_logging
+
+if TYPE_CHECKING:
+    from .config import Config
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -77,6 +76,8 @@ def store_option(func: F) -> F:
 
 
 def _load(config_path: Path | None, **overrides: Any) -> Config:
+    from .config import load_config  # here, not at the top: ``indexer --help`` needs none of it
+
     return load_config(config_path, overrides)
 
 
@@ -224,6 +225,8 @@ def run(
             "run.event_loop": event_loop,
         },
     )
+    from .logs import configure_logging
+
     configure_logging(config.logging.level, config.logging.format)
     from .run import run_indexer
 
@@ -303,14 +306,15 @@ def generate(out: Path, count: int, start: int, seed: int) -> None:
     started = time.perf_counter()
     with Progress(disable=not sys.stderr.isatty(), transient=True) as bar:
         task = bar.add_task("generating", total=count)
-        written = asyncio.run(
+        written = run_on(
+            "asyncio",
             write_feed(
                 SyntheticSource(seed=seed),
                 out,
                 start=start,
                 count=count,
                 on_progress=lambda done: bar.update(task, completed=done),
-            )
+            ),
         )
     elapsed = time.perf_counter() - started
     click.echo(
@@ -342,6 +346,8 @@ def _without_none(value: Any) -> Any:
 def config_show(config_path: Path | None, feed: str | None, store: str | None) -> None:
     """Print the effective config as TOML (passwords in DSNs masked)."""
     config = _load(config_path, **{"source.feed": feed, "progress.store": store})
+    import msgspec
+
     data = _without_none(msgspec.to_builtins(config))
     data.pop("path", None)
     data["progress"]["store"] = mask_dsn(data["progress"]["store"])
@@ -356,7 +362,11 @@ def config_show(config_path: Path | None, feed: str | None, store: str | None) -
 def config_check(config_path: Path | None, feed: str | None, store: str | None) -> None:
     """Validate the config, import every worker and reducer, and build the pipelines."""
     config = _load(config_path, **{"source.feed": feed, "progress.store": store})
+    from .build import build_executor
+
     executor = build_executor(config, handle_signals=False)
+    from .config import parse_address
+
     parse_address(config.metrics.address, "metrics.address")
     names = ", ".join(pool.name for pool in executor.pools)
     click.echo(f"{config.path or 'configuration'}: OK ({len(executor.pools)} pipelines: {names})")

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from ._common import Result, cpu_count
+from ._result import Result, cpu_count
 
 __all__ = ["SCENARIOS", "Result", "machine", "run_scenarios"]
 

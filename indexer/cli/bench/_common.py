@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import gc
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,49 +13,19 @@ import msgspec
 from ...checkpoint import Checkpoint, CheckpointDecoder, encode_checkpoint
 from ...sources import CheckpointSource, SourcedBatch, SyntheticSource
 from ...worker import Worker
+from ._result import Result, cpu_count
 
-
-@dataclass
-class Result:
-    """One scenario's figure beside its reference, and the bar the ratio must reach."""
-
-    scenario: str
-    figure: float
-    reference: float
-    unit: str
-    bar: float | None  # minimum ratio figure/reference (None: informational)
-    details: dict[str, Any] = field(default_factory=dict)
-    higher_is_better: bool = True
-    limit: float | None = None  # an absolute ceiling on the figure, where one applies
-
-    @property
-    def ratio(self) -> float:
-        if not self.reference:
-            return 0.0
-        return self.figure / self.reference
-
-    @property
-    def passed(self) -> bool | None:
-        if self.bar is None:
-            return None
-        within = self.limit is None or self.figure <= self.limit
-        if self.higher_is_better:
-            return self.ratio >= self.bar and within
-        return self.ratio <= self.bar and within
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "scenario": self.scenario,
-            "figure": round(self.figure, 2),
-            "reference": round(self.reference, 2),
-            "unit": self.unit,
-            "ratio": round(self.ratio, 3),
-            "bar": self.bar,
-            "higher_is_better": self.higher_is_better,
-            "limit": self.limit,
-            "passed": self.passed,
-            "details": self.details,
-        }
+__all__ = [
+    "Noop",
+    "RenumberedSource",
+    "Result",
+    "best_of",
+    "checkpoints",
+    "cpu_count",
+    "templates",
+    "timed",
+    "write_bench_feed",
+]
 
 
 class Noop(Worker[Checkpoint, None]):
@@ -140,7 +108,3 @@ async def timed(awaitable: Awaitable[Any]) -> float:
     started = time.perf_counter()
     await awaitable
     return time.perf_counter() - started
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
