@@ -30,6 +30,7 @@ def run_bench(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
     )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(115)
 def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
     dsn = os.environ.get("INDEXER_TEST_POSTGRES_DSN")

@@ -211,14 +211,14 @@ async def _kill_backends_waiting_for_a_lock(
         "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'"
     )
     killed: set[int] = set()
+    fresh: list[int] = []
+
+    async def waiting() -> bool:
+        pids = [r[0] for r in await db.fetch(sql, application_name)]
+        fresh[:] = [pid for pid in pids if pid not in killed]
+        return bool(fresh)
+
     for _ in range(times):
-        fresh: list[int] = []
-
-        async def waiting() -> bool:
-            pids = [r[0] for r in await db.fetch(sql, application_name)]
-            fresh[:] = [pid for pid in pids if pid not in killed]
-            return bool(fresh)
-
         await eventually(waiting)
         assert await db.fetchval("SELECT pg_terminate_backend($1)", fresh[0])
         killed.add(fresh[0])

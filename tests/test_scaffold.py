@@ -165,3 +165,40 @@ async def test_generated_worker_and_reducer_count_events(importable: tuple[str, 
     await run_worker(worker_cls(), checkpoints, reducer=reducer, concurrency=4)
     assert reducer.totals == sum(direct, Counter())
     assert reducer.checkpoints == 20
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_fresh_virtualenv_installs_the_framework_and_the_scaffold_and_its_tests_pass(
+    tmp_path: Path,
+) -> None:
+    """As the scaffold's README says: the framework from this checkout into a new virtualenv,
+    then the generated project, which depends on the framework's distribution name (a name
+    the package index must not resolve to another project), then its own tests."""
+    repo = Path(__file__).resolve().parent.parent
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+
+    def run(*args: str | Path, cwd: Path | None = None) -> str:
+        done = subprocess.run(
+            [str(arg) for arg in args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+            env={k: v for k, v in os.environ.items() if not k.startswith(("INDEXER_", "PYTHON"))},
+        )
+        assert done.returncode == 0, f"{args}: {done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+        return done.stdout
+
+    run(python, "-m", "pip", "install", "--quiet", repo)
+    typed = "import indexer, pathlib; print((pathlib.Path(indexer.__file__).parent / 'py.typed'))"
+    assert Path(run(python, "-c", typed).strip()).is_file()  # installed, not the checkout's
+    run(venv / "bin" / "indexer", "init", tmp_path / "swaps")
+    run(python, "-m", "pip", "install", "--quiet", "-e", ".[dev]", cwd=tmp_path / "swaps")
+    installed = run(python, "-m", "pip", "list", "--format=json")
+    assert '"checkpoint-indexer"' in installed
+    assert '"indexer"' not in installed  # the unrelated project of that name
+    assert "passed" in run(python, "-m", "pytest", "-q", cwd=tmp_path / "swaps")

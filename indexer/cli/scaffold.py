@@ -16,6 +16,9 @@ from ..errors import ConfigurationError
 
 __all__ = ["project_name", "scaffold_project"]
 
+#: The framework's distribution name, which the generated project depends on.
+DISTRIBUTION = "checkpoint-indexer"
+
 #: Names a generated package may not take: it would shadow the framework or the tests.
 _RESERVED = frozenset({"indexer", "workers", "reducers", "tests", "test"})
 
@@ -29,7 +32,9 @@ name = "$name"
 version = "0.1.0"
 description = "An indexer built on the indexer framework"
 requires-python = ">=3.11"
-dependencies = ["indexer"]
+# The indexer framework (import package `indexer`); see README.md for installing it from a
+# checkout or a path.
+dependencies = ["$distribution"]
 
 [project.optional-dependencies]
 dev = ["pytest>=8", "pytest-asyncio>=0.24"]
@@ -173,8 +178,10 @@ _README = """\
 An indexer built on the `indexer` framework: `$name/worker.py` counts the events of each
 checkpoint by type and `$name/reducer.py` sums the counts. Both are starting points to edit.
 
-Install (in a virtualenv, with Python 3.11+):
+Install (in a virtualenv, with Python 3.11+): first the framework, the distribution
+`$distribution`, from its checkout or any path to it, then this project:
 
+    pip install /path/to/checkpoint-indexer-checkout
     pip install -e '.[dev]'
 
 Test:
@@ -241,6 +248,7 @@ def scaffold_project(directory: Path, name: str | None = None) -> list[Path]:
     for relative, template in _FILES.items():
         path = directory / Template(relative).substitute(name=package)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(Template(template).substitute(name=package), encoding="utf-8")
+        text = Template(template).substitute(name=package, distribution=DISTRIBUTION)
+        path.write_text(text, encoding="utf-8")
         written.append(path)
     return written
