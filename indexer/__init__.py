@@ -9,8 +9,9 @@ command's start-up) costs only what is used.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint, Event, Transaction
@@ -33,23 +34,23 @@ __version__ = "0.1.0"
 
 #: Public name -> the module that defines it.
 _HOMES = {
-    "Checkpoint": "checkpoint",
-    "Event": "checkpoint",
-    "Transaction": "checkpoint",
-    "CheckpointDecodeError": "errors",
-    "ConfigurationError": "errors",
-    "FeedReadError": "errors",
-    "IndexerError": "errors",
-    "PipelineHalted": "errors",
-    "ProgressStoreError": "errors",
-    "ShutdownAborted": "errors",
-    "IndexerExecutor": "executor",
-    "WorkerPool": "pipeline",
-    "Reducer": "reducer",
-    "TransactionalReducer": "reducer",
-    "RetryPolicy": "retry",
-    "Retry": "worker",
-    "Worker": "worker",
+    "Checkpoint": ".checkpoint",
+    "Event": ".checkpoint",
+    "Transaction": ".checkpoint",
+    "CheckpointDecodeError": ".errors",
+    "ConfigurationError": ".errors",
+    "FeedReadError": ".errors",
+    "IndexerError": ".errors",
+    "PipelineHalted": ".errors",
+    "ProgressStoreError": ".errors",
+    "ShutdownAborted": ".errors",
+    "IndexerExecutor": ".executor",
+    "WorkerPool": ".pipeline",
+    "Reducer": ".reducer",
+    "TransactionalReducer": ".reducer",
+    "RetryPolicy": ".retry",
+    "Retry": ".worker",
+    "Worker": ".worker",
 }
 
 __all__ = [
@@ -73,14 +74,7 @@ __all__ = [
     "__version__",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{home}", __name__), name)
-    globals()[name] = value  # the next look-up is a plain attribute
-    return value
+__getattr__ = lazy_attributes(__name__, _HOMES)
 
 
 def __dir__() -> list[str]:

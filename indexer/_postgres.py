@@ -23,7 +23,6 @@ from .errors import ConfigurationError, ProgressStoreError
 
 __all__ = [
     "CONNECT_TIMEOUT",
-    "DDL_LOCK",
     "ERRORS",
     "SharedPool",
     "close_pool",
@@ -40,7 +39,7 @@ CONNECT_TIMEOUT = 5.0
 ERRORS: tuple[type[BaseException], ...] = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 #: Taken by every creator of tables, so that concurrent creators do not collide.
-DDL_LOCK = "SELECT pg_advisory_xact_lock(hashtext('indexer ddl'))"
+_DDL_LOCK = "SELECT pg_advisory_xact_lock(hashtext('indexer ddl'))"
 
 
 def quote_ident(name: str, what: str = "identifier") -> str:
@@ -81,19 +80,31 @@ async def close_pool(pool: asyncpg.Pool) -> None:
         pool.terminate()
 
 
-async def create_missing(conn: asyncpg.Connection, schema: str, tables: dict[str, str]) -> None:
-    """Create ``schema`` and the ``tables`` (qualified name -> column list) that are missing,
-    checking first, so that a role without CREATE can still use tables that exist. An
-    advisory lock keeps concurrent creators from colliding."""
-    names = list(tables)
+async def create_missing(
+    conn: asyncpg.Connection,
+    schema: str,
+    tables: dict[str, str],
+    indexes: dict[str, str] | None = None,
+) -> bool:
+    """Create ``schema``, the ``tables`` (qualified name -> column list) and the ``indexes``
+    (qualified name -> CREATE INDEX statement) that are missing; True when all existed.
+
+    Existence is checked first, so that a role without CREATE can still use what exists. An
+    advisory lock keeps concurrent creators from colliding. Inside a transaction this runs in
+    a savepoint of it (and goes when it rolls back)."""
+    indexes = indexes or {}
+    names = [*tables, *indexes]
     exists = " AND ".join(f"to_regclass(${n}) IS NOT NULL" for n in range(1, len(names) + 1))
     if await conn.fetchval(f"SELECT {exists}", *names):
-        return
+        return True
     async with conn.transaction():
-        await conn.execute(DDL_LOCK)
+        await conn.execute(_DDL_LOCK)
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
         for name, columns in tables.items():
             await conn.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
+        for statement in indexes.values():
+            await conn.execute(statement)
+    return False
 
 
 class SharedPool:

@@ -28,6 +28,7 @@ import msgspec
 import zstandard
 
 from indexer import ConfigurationError, Reducer
+from indexer.durable import write_atomically
 
 INDEX_FILE = "index.json"
 _HEADER = struct.Struct("<QI")  # sequence number, length of the checkpoint's bytes
@@ -90,14 +91,6 @@ def load_index(directory: str | os.PathLike[str]) -> ArchiveIndex | None:
         return msgspec.json.decode(data, type=ArchiveIndex)
     except msgspec.DecodeError as exc:
         raise ValueError(f"{Path(directory) / INDEX_FILE}: not an archive index: {exc}") from None
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ArchiveSink(Reducer[ArchivedCheckpoint]):
@@ -203,15 +196,9 @@ class ArchiveSink(Reducer[ArchivedCheckpoint]):
         self._write_index(index)
 
     def _write_index(self, index: ArchiveIndex) -> None:
-        """Replace ``index.json`` atomically and durably."""
-        path = self.directory / INDEX_FILE
-        temp = path.with_name(INDEX_FILE + ".tmp")
-        with open(temp, "wb") as file:
-            file.write(msgspec.json.encode(index))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-        _fsync_directory(self.directory)  # also makes a new bundle's directory entry durable
+        """Replace ``index.json`` atomically and durably (which also makes a new bundle's
+        directory entry durable)."""
+        write_atomically(self.directory / INDEX_FILE, msgspec.json.encode(index))
 
 
 class ArchiveReader:

@@ -13,6 +13,7 @@ from typing import IO, Any
 import msgspec
 
 from indexer import ConfigurationError, Reducer
+from indexer.durable import fsync_directory
 
 _CHUNK = 64 * 1024
 
@@ -123,7 +124,7 @@ class JsonlSink(Reducer[Any]):
         self._file = None
         number = max((n for n, _ in _numbered(self.path)), default=0) + 1
         os.replace(self.path, self.path.with_name(f"{self.path.name}.{number}"))
-        _fsync_directory(self.path.parent)
+        fsync_directory(self.path.parent)
         return self._open()
 
     @staticmethod
@@ -156,11 +157,3 @@ def _drop_partial_line(file: IO[bytes]) -> int:
         os.fsync(file.fileno())
     file.seek(0, os.SEEK_END)
     return end
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -3,25 +3,20 @@ database."""
 
 from __future__ import annotations
 
-import getpass
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import asyncpg
 
-from indexer import ConfigurationError, Reducer
-from indexer._postgres import CONNECT_TIMEOUT, DDL_LOCK, quote_ident
-from indexer.progress import PostgresProgressStore
+from indexer import ConfigurationError
+from indexer.sinks import PostgresDatabaseSink, create_missing, quote_ident
 
-__all__ = ["PostgresSink", "same_database"]
+__all__ = ["PostgresSink"]
 
 Row = Sequence[Any] | Mapping[str, Any]
-_LOOPBACK = {"localhost", "127.0.0.1", "::1", ""}
 
 
-class PostgresSink(Reducer[Sequence[Row]]):
+class PostgresSink(PostgresDatabaseSink[Sequence[Row]]):
     """Writes the rows of each message (a list of rows) into ``schema.table``.
 
     ``columns`` maps column names to SQL types; the table is created when missing. Rows are
@@ -42,7 +37,7 @@ class PostgresSink(Reducer[Sequence[Row]]):
         key: Sequence[str] = (),
         **limits: Any,
     ) -> None:
-        super().__init__(**limits)
+        super().__init__(dsn, **limits)
         q_table = quote_ident(table, "PostgresSink table name")
         q_schema = quote_ident(schema, f"PostgresSink {table!r} schema")
         if not columns:
@@ -59,12 +54,10 @@ class PostgresSink(Reducer[Sequence[Row]]):
         self.table = table
         self.schema = schema
         self.columns = dict(columns)
-        self.dsn = dsn
         self.key = tuple(key)
         self._names = list(self.columns)
         self._names_tuple = tuple(self._names)
         self._positional: set[type] = {tuple, list}  # row types already in column order
-        self._pool: asyncpg.Pool | None = None
         self._ready = False  # the table (and key index) is known to exist, committed
         self._qualified = f"{q_schema}.{q_table}"
         self._index = f"{table}_key"
@@ -81,40 +74,11 @@ class PostgresSink(Reducer[Sequence[Row]]):
                 f"FROM {self._stage} ORDER BY {keys}, ctid DESC ON CONFLICT ({keys}) {action}"
             )
 
-    def check_store(self, store: Any) -> None:
-        if self.dsn is None and not self.uses_store_transaction(store):
-            raise ConfigurationError(
-                f"PostgresSink {self.table!r}: no dsn is set and the progress store "
-                f"({type(store).__name__}) is not PostgreSQL; set dsn or use a PostgreSQL store"
-            )
+    @property
+    def label(self) -> str:
+        return f"PostgresSink {self.table!r}"
 
-    def uses_store_transaction(self, store: Any) -> bool:
-        if not isinstance(store, PostgresProgressStore):
-            return False
-        return self.dsn is None or same_database(self.dsn, store.dsn)
-
-    async def commit_in_transaction(self, connection: Any, batch: list[Sequence[Row]]) -> None:
-        await self._write(connection, batch)
-
-    async def commit(self, batch: list[Sequence[Row]]) -> None:
-        if self.dsn is None:
-            raise ConfigurationError(
-                f"PostgresSink {self.table!r} has no dsn and the progress store is not PostgreSQL"
-            )
-        if self._pool is None:
-            self._pool = await asyncpg.create_pool(
-                self.dsn, min_size=1, max_size=2, timeout=CONNECT_TIMEOUT
-            )
-        async with self._pool.acquire() as conn, conn.transaction():
-            await self._write(conn, batch)
-
-    async def close(self) -> None:
-        """Close the sink's own pool, if it opened one."""
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
-
-    async def _write(self, conn: asyncpg.Connection, batch: list[Sequence[Row]]) -> None:
+    async def write(self, conn: asyncpg.Connection, batch: list[Sequence[Row]]) -> None:
         """Create the table if needed, then COPY (or stage and upsert) the batch's rows."""
         if not self._ready:
             await self._create_table(conn)
@@ -138,24 +102,16 @@ class PostgresSink(Reducer[Sequence[Row]]):
     async def _create_table(self, conn: asyncpg.Connection) -> None:
         """Create the schema, table and key index when missing (checked first, so a role
         without CREATE can write to existing tables)."""
-        index = f"{quote_ident(self.schema)}.{quote_ident(self._index)}" if self.key else None
-        exists = (
-            "SELECT to_regclass($1) IS NOT NULL"
-            " AND ($2::text IS NULL OR to_regclass($2) IS NOT NULL)"
-        )
-        if await conn.fetchval(exists, self._qualified, index):
-            self._ready = True  # seen before this transaction wrote anything: committed
-            return
-        await conn.execute(DDL_LOCK)
-        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
         cols = ", ".join(f'"{name}" {sql_type}' for name, sql_type in self.columns.items())
-        await conn.execute(f"CREATE TABLE IF NOT EXISTS {self._qualified} ({cols})")
+        indexes = {}
         if self.key:
             keys = ", ".join(f'"{c}"' for c in self.key)
-            await conn.execute(
+            indexes[f"{quote_ident(self.schema)}.{quote_ident(self._index)}"] = (
                 f"CREATE UNIQUE INDEX IF NOT EXISTS {quote_ident(self._index)} "
                 f"ON {self._qualified} ({keys})"
             )
+        if await create_missing(conn, self.schema, {self._qualified: cols}, indexes):
+            self._ready = True  # seen before this transaction wrote anything: committed
 
     def _records(self, batch: list[Sequence[Row]]) -> list[Any]:
         """The batch's rows as sequences in column order; tuples pass through untouched."""
@@ -179,33 +135,3 @@ class PostgresSink(Reducer[Sequence[Row]]):
             self._positional.add(type(row))  # in column order: pass it through from now on
             return row
         raise TypeError(f"PostgresSink {self.table!r}: cannot write a row of type {type(row)}")
-
-
-def same_database(a: str, b: str) -> bool:
-    """True when two DSNs name the same host(s), port(s), database and user."""
-    return _target(a) == _target(b)
-
-
-def _target(dsn: str) -> tuple[tuple[tuple[str, int], ...], str, str]:
-    """(hosts with ports, database, user) of a ``postgresql://`` DSN, with libpq's defaults."""
-    parts = urlsplit(dsn)
-    query = dict(parse_qsl(parts.query))
-    userinfo, _, hostlist = parts.netloc.rpartition("@")
-    user = query.get("user") or unquote(userinfo.partition(":")[0])
-    user = user or os.environ.get("PGUSER") or getpass.getuser()
-    database = query.get("dbname") or query.get("database") or unquote(parts.path.lstrip("/"))
-    database = database or os.environ.get("PGDATABASE") or user
-    default_port = int(query.get("port") or os.environ.get("PGPORT") or 5432)
-    hosts: list[tuple[str, int]] = []
-    specs = query["host"].split(",") if "host" in query else hostlist.split(",")
-    for spec in specs:
-        host, port = spec, ""
-        if spec.startswith("["):  # [IPv6]:port
-            host, _, port = spec[1:].partition("]")
-            port = port.lstrip(":")
-        elif spec.count(":") == 1:
-            host, _, port = spec.partition(":")
-        host = unquote(host).lower()
-        host = "localhost" if host in _LOOPBACK else host
-        hosts.append((host, int(port) if port else default_port))
-    return tuple(sorted(hosts)), database, user

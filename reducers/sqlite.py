@@ -5,19 +5,17 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, cast
 
 import aiosqlite
 
-from indexer import ConfigurationError, Reducer
-from indexer._sqlite import connect, on_thread
-from indexer.progress import SqliteProgressStore
+from indexer import ConfigurationError
+from indexer.sinks import SqliteDatabaseSink, on_thread
 
 Row = Sequence[Any] | Mapping[str, Any]
 
 
-class SqliteSink(Reducer[Sequence[Row]]):
+class SqliteSink(SqliteDatabaseSink[Sequence[Row]]):
     """Inserts the rows of each message (a list of rows) into ``table``.
 
     ``columns`` maps column names to SQL types; the table is created when missing. Rows are
@@ -36,7 +34,7 @@ class SqliteSink(Reducer[Sequence[Row]]):
         key: Sequence[str] = (),
         **limits: Any,
     ) -> None:
-        super().__init__(**limits)
+        super().__init__(path, **limits)
         if not table.isidentifier():
             raise ConfigurationError(f"SqliteSink table name {table!r} is not an identifier")
         if not columns:
@@ -46,9 +44,7 @@ class SqliteSink(Reducer[Sequence[Row]]):
             raise ConfigurationError(f"SqliteSink {table!r}: key columns {unknown} not in columns")
         self.table = table
         self.columns = dict(columns)
-        self.path = Path(path) if path is not None else None
         self.key = tuple(key)
-        self._conn: aiosqlite.Connection | None = None
         names = ", ".join(self.columns)
         marks = ", ".join("?" for _ in self.columns)
         self._insert = f"INSERT INTO {table} ({names}) VALUES ({marks})"
@@ -57,17 +53,9 @@ class SqliteSink(Reducer[Sequence[Row]]):
             action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
             self._insert += f" ON CONFLICT ({', '.join(self.key)}) {action}"
 
-    def check_store(self, store: Any) -> None:
-        if self.path is None and not self.uses_store_transaction(store):
-            raise ConfigurationError(
-                f"SqliteSink {self.table!r}: no path is set and the progress store "
-                f"({type(store).__name__}) is not SQLite; set path or use a SQLite store"
-            )
-
-    def uses_store_transaction(self, store: Any) -> bool:
-        if not isinstance(store, SqliteProgressStore):
-            return False
-        return self.path is None or self.path.resolve() == store.path.resolve()
+    @property
+    def label(self) -> str:
+        return f"SqliteSink {self.table!r}"
 
     def _ddl(self) -> list[str]:
         cols = ", ".join(f"{name} {sql_type}" for name, sql_type in self.columns.items())
@@ -95,7 +83,7 @@ class SqliteSink(Reducer[Sequence[Row]]):
                 rows.extend(cast(Sequence[Sequence[Any]], message))
         return rows
 
-    async def _write(self, connection: aiosqlite.Connection, batch: list[Sequence[Row]]) -> None:
+    async def write(self, connection: aiosqlite.Connection, batch: list[Sequence[Row]]) -> None:
         # The DDL runs in every batch's transaction: remembering that the table exists would be
         # wrong after a rolled-back first batch, and IF NOT EXISTS costs one lookup per batch.
         # All of it in one hop to aiosqlite's thread (each hop costs about 80 us).
@@ -107,28 +95,3 @@ class SqliteSink(Reducer[Sequence[Row]]):
             db.executemany(insert, self._rows(batch))
 
         await on_thread(connection, write)
-
-    async def commit_in_transaction(self, connection: Any, batch: list[Sequence[Row]]) -> None:
-        await self._write(connection, batch)
-
-    async def commit(self, batch: list[Sequence[Row]]) -> None:
-        if self.path is None:
-            raise ConfigurationError(
-                f"SqliteSink {self.table!r} has no path and the progress store is not SQLite"
-            )
-        if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = await connect(self.path)
-        await self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            await self._write(self._conn, batch)
-        except BaseException:
-            await self._conn.execute("ROLLBACK")
-            raise
-        await self._conn.execute("COMMIT")
-
-    async def close(self) -> None:
-        """Close the sink's own connection, if it opened one."""
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None

@@ -3,8 +3,9 @@
 The SQLite and PostgreSQL stores load their drivers only when first named here.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .._lazy import lazy_attributes
 from ._base import ChunkLayout, ChunkState, Claim, ClaimLost, ClaimNotFound, ClaimStore
 
 if TYPE_CHECKING:
@@ -22,14 +23,6 @@ __all__ = [
     "SqliteClaimStore",
 ]
 
+_HOMES = {"SqliteClaimStore": ".sqlite", "PostgresClaimStore": ".postgres"}
 
-def __getattr__(name: str) -> Any:
-    if name == "SqliteClaimStore":
-        from .sqlite import SqliteClaimStore
-
-        return SqliteClaimStore
-    if name == "PostgresClaimStore":
-        from .postgres import PostgresClaimStore
-
-        return PostgresClaimStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _HOMES)

@@ -4,8 +4,9 @@ The database stores load their drivers (aiosqlite, asyncpg) only when first name
 that importing the framework does not.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .._lazy import lazy_attributes
 from ._base import DeadLetter, ProgressStore, TransactionalProgressStore, base_store
 from .file import FileProgressStore
 from .memory import MemoryProgressStore
@@ -25,14 +26,6 @@ __all__ = [
     "base_store",
 ]
 
+_HOMES = {"SqliteProgressStore": ".sqlite", "PostgresProgressStore": ".postgres"}
 
-def __getattr__(name: str) -> Any:
-    if name == "SqliteProgressStore":
-        from .sqlite import SqliteProgressStore
-
-        return SqliteProgressStore
-    if name == "PostgresProgressStore":
-        from .postgres import PostgresProgressStore
-
-        return PostgresProgressStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _HOMES)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 from pathlib import Path
 
 import msgspec
 
+from ..durable import write_atomically
 from ..errors import ProgressStoreError
 from ._base import DeadLetter, ProgressStore
 
@@ -116,7 +115,7 @@ class FileProgressStore(ProgressStore):
         content = _ProgressFile(watermarks=watermarks, dead_letters=_sorted(dead_letters))
         data = msgspec.json.format(msgspec.json.encode(content), indent=2) + b"\n"
         try:
-            _write_atomically(self.path, data)
+            write_atomically(self.path, data)
         except OSError as exc:
             raise ProgressStoreError(
                 f"{self.path}: cannot write progress file: {exc.strerror or exc}"
@@ -127,33 +126,3 @@ class FileProgressStore(ProgressStore):
 
 def _sorted(dead_letters: _DeadLetters) -> list[DeadLetter]:
     return sorted(dead_letters.values(), key=lambda d: (d.sequence_number, d.pipeline))
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync it, rename it over ``path``."""
-    directory = path.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename durable; skipped where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

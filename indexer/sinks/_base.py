@@ -1,0 +1,94 @@
+"""DatabaseSink: what every sink that writes batches into a SQL database shares."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Any, ClassVar, TypeVar
+
+from ..errors import ConfigurationError
+from ..reducer import Reducer
+
+MessageT = TypeVar("MessageT")
+
+__all__ = ["DatabaseSink"]
+
+
+class DatabaseSink(Reducer[MessageT]):
+    """A Reducer that writes each batch into a SQL database in one transaction.
+
+    When the sink's database is the progress store's (its ``path`` or ``dsn`` unset, or naming
+    the store's own database), each batch is written in the store's transaction together with
+    the watermark: **exactly once**, whatever moment a crash happens. Otherwise the sink keeps
+    a connection of its own and commits each batch in a transaction of its own before the
+    watermark is saved: **at least once** (make replays harmless with an upsert).
+
+    A sink author implements ``write(connection, batch)``: the statements for one batch, no
+    commit or rollback. The backends (``SqliteDatabaseSink``, ``PostgresDatabaseSink``) tell
+    whether a store shares the sink's database and open the sink's own transactions.
+    ``label`` names the sink in errors.
+    """
+
+    #: What the setting naming the sink's own database is called ("path", "dsn").
+    database_key: ClassVar[str]
+    #: The kind of database, for errors ("SQLite").
+    database_kind: ClassVar[str]
+
+    @property
+    def label(self) -> str:
+        """How errors name this sink (its class name unless a subclass says more)."""
+        return type(self).__name__
+
+    @property
+    def own_database(self) -> Any:
+        """The sink's own database (a path, a DSN), or None for the progress store's."""
+        raise NotImplementedError
+
+    # -- the author's part -------------------------------------------------------------------
+
+    async def write(self, connection: Any, batch: list[MessageT]) -> None:
+        """Write ``batch`` (never empty, in checkpoint order) with ``connection``, inside a
+        transaction someone else commits: do not commit or roll back."""
+        raise NotImplementedError(f"{type(self).__name__} must implement write")
+
+    # -- the backend's part ------------------------------------------------------------------
+
+    def shares_database(self, store: Any) -> bool:
+        """Whether ``store`` is a progress store on this sink's database."""
+        raise NotImplementedError
+
+    def own_transaction(self) -> AbstractAsyncContextManager[Any]:
+        """A transaction on the sink's own connection: commits when the block ends cleanly,
+        rolls back (even when cancelled) when it raises."""
+        raise NotImplementedError
+
+    async def close_own_connection(self) -> None:
+        """Close the sink's own connection or pool, if it opened one."""
+
+    # -- the Reducer's methods, once for every database sink ---------------------------------
+
+    def check_store(self, store: Any) -> None:
+        if self.own_database is None and not self.shares_database(store):
+            key, kind = self.database_key, self.database_kind
+            raise ConfigurationError(
+                f"{self.label}: no {key} is set and the progress store "
+                f"({type(store).__name__}) is not {kind}; set {key} or use a {kind} store"
+            )
+
+    def uses_store_transaction(self, store: Any) -> bool:
+        return self.shares_database(store)
+
+    async def commit_in_transaction(self, connection: Any, batch: list[MessageT]) -> None:
+        await self.write(connection, batch)
+
+    async def commit(self, batch: list[MessageT]) -> None:
+        if self.own_database is None:
+            raise ConfigurationError(
+                f"{self.label} has no {self.database_key} and the progress store is not "
+                f"{self.database_kind}"
+            )
+        async with self.own_transaction() as connection:
+            await self.write(connection, batch)
+
+    async def close(self) -> None:
+        """Close the sink's own connection, if it opened one."""
+        await self.close_own_connection()
