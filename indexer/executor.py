@@ -16,7 +16,20 @@ from .progress import MemoryProgressStore, ProgressStore
 from .sources import CheckpointSource
 from .stats import FeedStats, JobView
 
-__all__ = ["IndexerExecutor"]
+__all__ = ["IndexerExecutor", "check_range", "poll_feed"]
+
+
+def check_range(first: int | None, last: int | None) -> None:
+    """Refuse a first or last checkpoint that is negative, or a last below the first."""
+    for key, value in (("first_checkpoint", first), ("last_checkpoint", last)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 0
+        ):
+            raise ConfigurationError(f"must be a non-negative integer, got {value!r}", key=key)
+    if first is not None and last is not None and last < first:
+        raise ConfigurationError(
+            f"({last}) is below first_checkpoint ({first})", key="last_checkpoint"
+        )
 
 
 class IndexerExecutor:
@@ -108,13 +121,7 @@ class IndexerExecutor:
             raise ConfigurationError(
                 "no pipelines registered: call register(WorkerPool(...)) before run()"
             )
-        for key, value in (("first_checkpoint", first), ("last_checkpoint", last)):
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise ConfigurationError(f"{key} must be a non-negative integer, got {value!r}")
-        if first is not None and last is not None and last < first:
-            raise ConfigurationError(
-                f"last_checkpoint ({last}) is below first_checkpoint ({first})"
-            )
+        check_range(first, last)
         pools = list(self._pools.values())
         types = {pool.checkpoint_type for pool in pools}
         if len(types) > 1:

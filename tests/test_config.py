@@ -90,3 +90,98 @@ def test_bad_limits_name_the_key(tmp_path: Path, table: str, needle: str) -> Non
     path = _config(tmp_path, f'class = "{__name__}:BigBatches"\n{table}')
     with pytest.raises(ConfigurationError, match=f"pipelines.p.reducer.{needle}"):
         build_executor(load_config(path), handle_signals=False)
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        (
+            '[pipelines.p]\nworker = "workers:TransactionExtractor"\nconcurrency = 0\n',
+            "pipelines.p.concurrency must be at least 1, got 0",
+        ),
+        (
+            '[pipelines.p]\nworker = "workers:TransactionExtractor"\nmax_inflight = 0\n',
+            "pipelines.p.max_inflight must be at least 1, got 0",
+        ),
+        (
+            '[pipelines.p]\nworker = "workers:TransactionExtractor"\n'
+            "[pipelines.p.retry]\ninitial = -1.0\n",
+            "pipelines.p.retry.initial must be >= 0, got -1.0",
+        ),
+        (
+            '[pipelines.p]\nworker = "workers:TransactionExtractor"\n'
+            '[pipelines.p.retry]\non_exhausted = "ignore"\n',
+            "pipelines.p.retry.on_exhausted: invalid enum value 'ignore' (one of 'halt', 'skip')",
+        ),
+        (
+            "[source]\npoll_interval = 0.0\n"
+            '[pipelines.p]\nworker = "workers:TransactionExtractor"\n',
+            "source.poll_interval must be > 0, got 0.0",
+        ),
+        (
+            '[source]\nkind = "synthetic"\nbatch_size = 0\n'
+            '[pipelines.p]\nworker = "workers:TransactionExtractor"\n',
+            "source.batch_size must be >= 1, got 0",
+        ),
+        ("[scale]\nchunk_size = 0\n", "scale.chunk_size must be at least 1, got 0"),
+        ("[scale]\nlease_ttl = 0.0\n", "scale.lease_ttl must be positive, got 0.0"),
+        (
+            "[run]\nfirst_checkpoint = 9\nlast_checkpoint = 5\n",
+            "run.last_checkpoint (5) is below first_checkpoint (9)",
+        ),
+        (
+            "[run]\nfirst_checkpoint = -1\n",
+            "run.first_checkpoint must be a non-negative integer, got -1",
+        ),
+        (
+            '[source]\nkind = "http"\n',
+            "source.kind: invalid enum value 'http' (one of 'local', 'synthetic')",
+        ),
+        (
+            '[progress]\nstore = "mysql://u:pw@h/db"\n',
+            "progress.store must be 'sqlite:PATH', 'file:PATH', 'memory' or a postgresql:// "
+            "DSN, got 'mysql://u:***@h/db'",
+        ),
+    ],
+    ids=[
+        "concurrency",
+        "max-inflight",
+        "retry-initial",
+        "retry-on-exhausted",
+        "poll-interval",
+        "synthetic-batch-size",
+        "chunk-size",
+        "lease-ttl",
+        "range",
+        "negative-first",
+        "source-kind",
+        "store-spec",
+    ],
+)
+def test_a_rule_is_reported_once_under_the_key_that_broke_it(
+    tmp_path: Path, toml: str, message: str
+) -> None:
+    """Each rule lives in the object the key configures; the command names the file and the
+    key, as ``indexer config check`` (which builds everything) reports it."""
+    from click.testing import CliRunner
+
+    from indexer.cli import main
+
+    path = tmp_path / "bad.toml"
+    memory = '[progress]\nstore = "memory"\n'
+    path.write_text(toml if "[progress]" in toml else memory + toml)
+    result = CliRunner().invoke(main, ["config", "check", "-c", str(path)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == f"indexer: error: {path}: {message}\n"
+
+
+def test_the_same_rule_from_code_names_what_holds_the_setting() -> None:
+    from indexer import ConfigurationError, RetryPolicy, WorkerPool
+    from workers import TransactionExtractor
+
+    with pytest.raises(ConfigurationError) as caught:
+        WorkerPool(TransactionExtractor(), name="p", concurrency=0)
+    assert str(caught.value) == "pipeline 'p': concurrency must be at least 1, got 0"
+    with pytest.raises(ConfigurationError) as caught:
+        RetryPolicy(initial=-1.0)
+    assert str(caught.value) == "retry: initial must be >= 0, got -1.0"

@@ -22,7 +22,7 @@ from .._log import log
 from .._signals import stop_signals
 from ..claims import ChunkLayout, Claim, ClaimStore
 from ..errors import ConfigurationError, FencingError, ShutdownAborted
-from ..executor import IndexerExecutor, poll_feed
+from ..executor import IndexerExecutor, check_range, poll_feed
 from ..pipeline import WorkerPool
 from ..progress import ProgressStore
 from ..retry import RetryPolicy, retry, sleep_unless_set
@@ -30,10 +30,18 @@ from ..sources import CheckpointSource
 from ..stats import JobView
 from .progress import ChunkProgressStore
 
-__all__ = ["ChunkedRunner", "default_owner"]
+__all__ = ["ChunkedRunner", "check_chunking", "default_owner"]
 
 #: Renewals that may fail in a row before the chunk is abandoned.
 MAX_RENEWAL_FAILURES = 3
+
+
+def check_chunking(chunk_size: int, lease_ttl: float) -> None:
+    """Refuse chunks of fewer than one checkpoint and leases that are not positive."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ConfigurationError(f"must be at least 1, got {chunk_size!r}", key="chunk_size")
+    if not lease_ttl > 0:
+        raise ConfigurationError(f"must be positive, got {lease_ttl!r}", key="lease_ttl")
 
 
 def default_owner() -> str:
@@ -70,10 +78,7 @@ class ChunkedRunner:
         job: JobView | None = None,
         feed_poll_interval: float = 5.0,
     ) -> None:
-        if chunk_size < 1:
-            raise ConfigurationError(f"chunk_size must be at least 1, got {chunk_size}")
-        if lease_ttl <= 0:
-            raise ConfigurationError(f"lease_ttl must be positive, got {lease_ttl}")
+        check_chunking(chunk_size, lease_ttl)
         if not pools:
             raise ConfigurationError("no pipelines to run")
         self.progress_store = progress_store
@@ -114,10 +119,7 @@ class ChunkedRunner:
     async def run(self, first: int | None = None, last: int | None = None) -> dict[str, int]:
         """Work through the job until every chunk up to ``last`` is done (forever when ``last``
         is None) or until stopped; return each pipeline's watermark."""
-        if first is not None and last is not None and last < first:
-            raise ConfigurationError(
-                f"last_checkpoint ({last}) is below first_checkpoint ({first})"
-            )
+        check_range(first, last)
         self._main = asyncio.current_task()
         poller: asyncio.Task[None] | None = None
         await self.progress_store.open()

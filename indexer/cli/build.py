@@ -1,88 +1,93 @@
-"""Builds the runtime objects a configuration describes: store, source, pools, executor."""
+"""Builds the library's objects a configuration describes: stores, source, pools, executor.
+
+Each object is built straight from its config struct; an object's own check that fails is
+reported under the key that set the value (``config.toml: pipelines.swaps.concurrency must be
+at least 1, got 0``).
+"""
 
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 from ..claims import ClaimStore
 from ..errors import ConfigurationError
 from ..executor import IndexerExecutor
 from ..pipeline import WorkerPool
-from ..progress import FileProgressStore, MemoryProgressStore, ProgressStore, SqliteProgressStore
+from ..progress import FileProgressStore, MemoryProgressStore, ProgressStore
 from ..reducer import Reducer
-from ..retry import RetryPolicy
 from ..sources import CheckpointSource, LocalDirectorySource, SyntheticSource
 from ..worker import Worker
-from .config import (
-    POSTGRES_SCHEMES,
-    Config,
-    PipelineConfig,
-    config_origin,
-    import_object,
-    resolve_path,
-)
+from .config import Config, PipelineConfig, config_origin, import_object, resolve_path
 
-__all__ = ["build_executor", "build_pool", "build_source", "build_store", "store_exists"]
+__all__ = ["build_claim_store", "build_executor", "build_pool", "build_source", "build_store"]
+
+T = TypeVar("T")
+
+
+@contextmanager
+def _named(config: Config, prefix: str) -> Iterator[None]:
+    """Report a ConfigurationError raised inside under the file and the key ``prefix``."""
+    try:
+        yield
+    except ConfigurationError as exc:
+        raise exc.at(config_origin(config), prefix) from None
 
 
 def build_store(config: Config) -> ProgressStore:
     """The progress store named by ``progress.store``."""
-    spec = config.progress.store
-    if spec == "memory":
+    spec = config.progress.spec
+    if spec.kind == "memory":
         return MemoryProgressStore()
-    if spec.startswith("sqlite:"):
-        return SqliteProgressStore(resolve_path(spec.removeprefix("sqlite:")))
-    if spec.startswith("file:"):
-        return FileProgressStore(resolve_path(spec.removeprefix("file:")))
-    if spec.startswith(POSTGRES_SCHEMES):
-        from ..progress import PostgresProgressStore
+    if spec.kind == "file":
+        return FileProgressStore(spec.path)
+    if spec.kind == "sqlite":
+        from ..progress import SqliteProgressStore
 
-        return PostgresProgressStore(spec, schema=config.progress.schema or "public")
-    raise ConfigurationError(
-        f"{config_origin(config)}: progress.store {spec!r} is not supported by this version"
-    )
+        return SqliteProgressStore(spec.path)
+    from ..progress import PostgresProgressStore
+
+    with _named(config, "progress"):
+        return PostgresProgressStore(spec.target, schema=config.progress.schema or "public")
 
 
 def build_claim_store(config: Config) -> ClaimStore:
-    """The claim store for scale-out, in the progress store's database."""
-    spec = config.progress.store
-    if spec.startswith("sqlite:"):
+    """The claim store of a scaled-out job, in the progress store's database."""
+    spec = config.progress.spec
+    if spec.kind == "sqlite":
         from ..claims import SqliteClaimStore
 
-        return SqliteClaimStore(resolve_path(spec.removeprefix("sqlite:")))
-    if spec.startswith(POSTGRES_SCHEMES):
+        return SqliteClaimStore(spec.path)
+    if spec.kind == "postgresql":
         from ..claims import PostgresClaimStore
 
-        return PostgresClaimStore(spec, schema=config.progress.schema or "public")
+        with _named(config, "progress"):
+            return PostgresClaimStore(spec.target, schema=config.progress.schema or "public")
     raise ConfigurationError(
-        f"{config_origin(config)}: scale-out needs an SQLite or PostgreSQL store, got {spec!r}"
+        f"{config_origin(config)}: scale-out needs an SQLite or PostgreSQL store, got {spec}"
     )
-
-
-def store_exists(config: Config) -> bool:
-    """Whether the configured store holds anything yet (without creating it)."""
-    spec = config.progress.store
-    if spec.startswith(("sqlite:", "file:")):
-        return resolve_path(spec.partition(":")[2]).exists()
-    return spec != "memory"
 
 
 def build_source(config: Config) -> CheckpointSource:
     """The checkpoint source ``[source]`` describes."""
     source = config.source
-    if source.kind == "synthetic":
-        return SyntheticSource(seed=source.seed, count=source.count, batch_size=source.batch_size)
-    return LocalDirectorySource(
-        resolve_path(source.feed),
-        poll_interval=source.poll_interval,
-        follow=source.follow,
-        batch_size=source.batch_size,
-        delete_below_watermark=source.delete_below_watermark,
-    )
+    with _named(config, "source"):
+        if source.kind == "synthetic":
+            return SyntheticSource(
+                seed=source.seed, count=source.count, batch_size=source.batch_size
+            )
+        return LocalDirectorySource(
+            resolve_path(source.feed),
+            poll_interval=source.poll_interval,
+            follow=source.follow,
+            batch_size=source.batch_size,
+            delete_below_watermark=source.delete_below_watermark,
+        )
 
 
-def _instantiate(cls: Any, options: dict[str, Any], where: str, base: type) -> Any:
+def _instantiate(cls: Any, options: dict[str, Any], where: str, base: type[T]) -> T:
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise ConfigurationError(f"{where}: {cls!r} is not a {base.__name__} subclass")
     try:
@@ -99,8 +104,7 @@ def _instantiate(cls: Any, options: dict[str, Any], where: str, base: type) -> A
 
 def build_pool(config: Config, name: str, pipeline: PipelineConfig) -> WorkerPool[Any, Any]:
     """One pipeline's WorkerPool, with its worker and reducer imported and constructed."""
-    origin = config_origin(config)
-    key = f"{origin}: pipelines.{name}"
+    key = f"{config_origin(config)}: pipelines.{name}"
     worker_cls = import_object(pipeline.worker, f"{key}.worker")
     worker = _instantiate(worker_cls, pipeline.options, f"{key}.worker", Worker)
     reducer = None
@@ -110,28 +114,20 @@ def build_pool(config: Config, name: str, pipeline: PipelineConfig) -> WorkerPoo
         reducer = _instantiate(reducer_cls, spec.options, f"{key}.reducer", Reducer)
         for limit, value in spec.limits().items():  # unset: the reducer's own
             setattr(reducer, limit, value)
-    retry = pipeline.retry
-    try:
+        with _named(config, f"pipelines.{name}.reducer"):
+            reducer.validate()
+    with _named(config, f"pipelines.{name}"):
         return WorkerPool(
             worker,
             name=name,
             concurrency=pipeline.concurrency,
             reducer=reducer,
-            retry=RetryPolicy(
-                initial=retry.initial,
-                multiplier=retry.multiplier,
-                max_delay=retry.max_delay,
-                max_attempts=retry.max_attempts,
-                jitter=retry.jitter,
-                on_exhausted=retry.on_exhausted,
-            ),
+            retry=pipeline.retry,
             max_inflight=pipeline.max_inflight,
             max_inflight_bytes=pipeline.max_inflight_bytes,
             reschedule_threshold=pipeline.reschedule_threshold,
             progress_interval=pipeline.progress_interval,
         )
-    except ConfigurationError as exc:
-        raise ConfigurationError(f"{key}: {exc}") from None
 
 
 def build_executor(

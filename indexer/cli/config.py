@@ -3,22 +3,35 @@
 Precedence is flags > ``INDEXER_*`` environment variables > the config file > defaults; the CLI
 resolves flags and environment variables (click) and hands them to ``load_config`` as
 overrides keyed by dotted paths (``"source.feed"``). Every error names the file and the key.
+
+A default here is the library's own, read from the signature of the class the key configures
+(``WorkerPool``, ``LocalDirectorySource``, ...), and a rule on a value is the class's own,
+checked when the object is built (``build.py``) and reported under the key's name; what only
+the command has (the store's spec, scale-out, the metrics address) is checked here.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import re
 import tomllib
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 
-from .._dsn import POSTGRES_SCHEMES, mask_dsn
+from .._dsn import is_postgres, mask_dsn
 from .._loop import EventLoopName
+from ..chunked.runner import ChunkedRunner, check_chunking
 from ..errors import ConfigurationError
+from ..executor import check_range
+from ..pipeline import WorkerPool
+from ..retry import RetryPolicy
+from ..sources import LocalDirectorySource, SyntheticSource
 
 __all__ = [
     "Config",
@@ -27,13 +40,18 @@ __all__ = [
     "PipelineConfig",
     "ProgressConfig",
     "ReducerConfig",
-    "RetryConfig",
     "RunConfig",
+    "ScaleConfig",
     "SourceConfig",
+    "StoreSpec",
     "import_object",
     "load_config",
-    "mask_dsn",
 ]
+
+
+def _default(target: Callable[..., Any], name: str) -> Any:
+    """The default of ``target``'s parameter ``name``: a key's default is the library's."""
+    return inspect.signature(target).parameters[name].default
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -41,16 +59,62 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class SourceConfig(_Section):
-    """Where checkpoints come from."""
+    """Where checkpoints come from (``LocalDirectorySource`` or ``SyntheticSource``)."""
 
     kind: Literal["local", "synthetic"] = "local"
     feed: str = "feed"
-    poll_interval: float = 0.1
-    follow: bool = True
-    batch_size: int = 256
-    delete_below_watermark: bool = False
-    seed: int = 0
-    count: int | None = None
+    poll_interval: float = _default(LocalDirectorySource, "poll_interval")
+    follow: bool = _default(LocalDirectorySource, "follow")
+    batch_size: int = _default(LocalDirectorySource, "batch_size")
+    delete_below_watermark: bool = _default(LocalDirectorySource, "delete_below_watermark")
+    seed: int = _default(SyntheticSource, "seed")
+    count: int | None = _default(SyntheticSource, "count")
+
+
+class StoreSpec(NamedTuple):
+    """A parsed ``progress.store`` (or ``scale.claims``): its kind and its path or DSN."""
+
+    kind: Literal["memory", "sqlite", "file", "postgresql"]
+    #: The file of a ``sqlite:`` or ``file:`` store, the DSN of a PostgreSQL one, else "".
+    target: str
+
+    @classmethod
+    def parse(cls, text: str) -> StoreSpec:
+        """``memory``, ``sqlite:PATH``, ``file:PATH`` or a ``postgresql://`` DSN."""
+        if text == "memory":
+            return cls("memory", "")
+        if is_postgres(text):
+            return cls("postgresql", text)
+        kind, sep, path = text.partition(":")
+        if sep and path and kind in ("sqlite", "file"):
+            return cls("sqlite" if kind == "sqlite" else "file", path)
+        raise ConfigurationError(
+            f"must be 'sqlite:PATH', 'file:PATH', 'memory' or a postgresql:// DSN, "
+            f"got {mask_dsn(text)!r}",
+            key="store",
+        )
+
+    @property
+    def path(self) -> Path:
+        """The file of a ``sqlite:`` or ``file:`` store (``~`` expanded)."""
+        return resolve_path(self.target)
+
+    @property
+    def holds_claims(self) -> bool:
+        """Whether its database can hold a scaled-out job's claims (SQLite, PostgreSQL)."""
+        return self.kind in ("sqlite", "postgresql")
+
+    def exists(self) -> bool:
+        """Whether the store holds anything yet (without creating it)."""
+        if self.kind in ("sqlite", "file"):
+            return self.path.exists()
+        return self.kind != "memory"
+
+    def __str__(self) -> str:
+        """As written, the DSN's password masked."""
+        if self.kind == "memory":
+            return "memory"
+        return mask_dsn(self.target) if self.kind == "postgresql" else f"{self.kind}:{self.target}"
 
 
 class ProgressConfig(_Section):
@@ -59,6 +123,11 @@ class ProgressConfig(_Section):
     store: str = "sqlite:indexer.db"
     #: PostgreSQL only: the schema of the indexer's tables (watermarks, dead letters, claims).
     schema: str | None = None
+
+    @property
+    def spec(self) -> StoreSpec:
+        """``store`` parsed (it was checked when the config was loaded)."""
+        return StoreSpec.parse(self.store)
 
 
 class RunConfig(_Section):
@@ -73,20 +142,16 @@ class MetricsConfig(_Section):
     enabled: bool = True
     address: str = "127.0.0.1:9184"
 
+    @property
+    def host_port(self) -> tuple[str, int]:
+        """``address`` parsed (it was checked when the config was loaded)."""
+        return parse_address(self.address, "metrics.address")
+
 
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "console", "json"] = "auto"
     progress: bool = True
-
-
-class RetryConfig(_Section):
-    initial: float = 0.1
-    multiplier: float = 2.0
-    max_delay: float = 30.0
-    max_attempts: int | None = None
-    jitter: float = 0.2
-    on_exhausted: Literal["halt", "skip"] = "halt"
 
 
 class ReducerConfig(_Section):
@@ -111,16 +176,16 @@ class ReducerConfig(_Section):
 
 
 class PipelineConfig(_Section):
-    """A Worker named by import string, with its pool settings."""
+    """A Worker named by import string, with its ``WorkerPool`` settings."""
 
     worker: str
     options: dict[str, Any] = msgspec.field(default_factory=dict)
-    concurrency: int = 1
-    max_inflight: int | None = None
-    max_inflight_bytes: int | None = None
-    reschedule_threshold: float = 1.0
-    progress_interval: float = 0.5
-    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
+    concurrency: int = _default(WorkerPool, "concurrency")
+    max_inflight: int | None = _default(WorkerPool, "max_inflight")
+    max_inflight_bytes: int | None = _default(WorkerPool, "max_inflight_bytes")
+    reschedule_threshold: float = _default(WorkerPool, "reschedule_threshold")
+    progress_interval: float = _default(WorkerPool, "progress_interval")
+    retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
     reducer: ReducerConfig | None = None
 
 
@@ -130,7 +195,7 @@ class ScaleConfig(_Section):
     processes: int = 1
     claims: str | None = None  # sqlite:PATH or a postgresql:// DSN; also the progress store
     chunk_size: int = 10_000
-    lease_ttl: float = 30.0
+    lease_ttl: float = _default(ChunkedRunner, "lease_ttl")
 
     @property
     def chunked(self) -> bool:
@@ -165,6 +230,9 @@ def _explain(exc: msgspec.ValidationError, origin: str, prefix: str = "") -> Con
         inner = _key_path(match.group("path"))
         where = f"{prefix}.{inner}" if prefix and inner else (inner or prefix)
         message = message[: match.start()]
+    cause = exc.__cause__
+    if isinstance(cause, ConfigurationError) and where:  # a struct's own rule (RetryPolicy)
+        return cause.at(origin, where)
     unknown = re.match(r"Object contains unknown field `(?P<key>[^`]+)`", message)
     if unknown:
         key = f"{where}.{unknown['key']}" if where else unknown["key"]
@@ -173,9 +241,27 @@ def _explain(exc: msgspec.ValidationError, origin: str, prefix: str = "") -> Con
     if missing:
         key = f"{where}.{missing['key']}" if where else missing["key"]
         return ConfigurationError(f"{origin}: missing required key {key!r}")
+    choices = _choices(Config, where.split(".")) if message.startswith("Invalid enum") else None
+    if choices:
+        message += f" (one of {', '.join(map(repr, choices))})"
     if where:
         return ConfigurationError(f"{origin}: {where}: {message[0].lower()}{message[1:]}")
     return ConfigurationError(f"{origin}: {message}")
+
+
+def _choices(struct: Any, path: list[str]) -> tuple[Any, ...] | None:
+    """The values a ``Literal`` key at ``path`` (``["source", "kind"]``) allows, if it is one."""
+    kind: Any = struct
+    for part in path:
+        if typing.get_origin(kind) is dict:  # [pipelines.NAME]: this part is a NAME
+            kind = typing.get_args(kind)[1]
+            continue
+        if not (isinstance(kind, type) and issubclass(kind, msgspec.Struct)):
+            return None
+        kind = typing.get_type_hints(kind).get(part)
+    if typing.get_origin(kind) is typing.Union:  # "x" | None
+        kind = next((a for a in typing.get_args(kind) if a is not type(None)), None)
+    return typing.get_args(kind) if typing.get_origin(kind) is Literal else None
 
 
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -229,45 +315,21 @@ def load_config(
 
 
 def _check(config: Config, origin: str) -> None:
-    """Rules the types alone do not express."""
-
-    def positive(value: float | None, key: str, *, allow_zero: bool = False) -> None:
-        if value is not None and (value < 0 or (value == 0 and not allow_zero)):
-            limit = ">= 0" if allow_zero else "> 0"
-            raise ConfigurationError(f"{origin}: {key} must be {limit}, got {value}")
-
-    positive(config.source.poll_interval, "source.poll_interval")
-    positive(config.source.batch_size, "source.batch_size")
-    positive(config.run.first_checkpoint, "run.first_checkpoint", allow_zero=True)
-    positive(config.run.last_checkpoint, "run.last_checkpoint", allow_zero=True)
-    first, last = config.run.first_checkpoint, config.run.last_checkpoint
-    if first is not None and last is not None and last < first:
+    """The command's own rules, which no object of the library checks; each names its key."""
+    try:
+        check_range(config.run.first_checkpoint, config.run.last_checkpoint)
+    except ConfigurationError as exc:
+        raise exc.at(origin, "run") from None
+    try:
+        spec = config.progress.spec
+    except ConfigurationError as exc:
+        raise exc.at(origin, "progress") from None
+    if config.progress.schema is not None and spec.kind != "postgresql":
         raise ConfigurationError(
-            f"{origin}: run.last_checkpoint ({last}) is below run.first_checkpoint ({first})"
-        )
-    store = config.progress.store
-    if not (store == "memory" or store.startswith(("sqlite:", "file:", *POSTGRES_SCHEMES))):
-        raise ConfigurationError(
-            f"{origin}: progress.store must be 'sqlite:PATH', 'file:PATH', 'memory' or a "
-            f"postgresql:// DSN, got {store!r}"
-        )
-    if config.progress.schema is not None and not store.startswith(POSTGRES_SCHEMES):
-        raise ConfigurationError(
-            f"{origin}: progress.schema is for a postgresql:// store, not {mask_dsn(store)!r}"
+            f"{origin}: progress.schema is for a postgresql:// store, not {str(spec)!r}"
         )
     parse_address(config.metrics.address, f"{origin}: metrics.address")
     _check_scale(config, origin)
-    for name, pipeline in config.pipelines.items():
-        key = f"pipelines.{name}"
-        if pipeline.concurrency < 1:
-            raise ConfigurationError(
-                f"{origin}: {key}.concurrency must be at least 1, got {pipeline.concurrency}"
-            )
-        positive(pipeline.max_inflight, f"{key}.max_inflight")
-        positive(pipeline.max_inflight_bytes, f"{key}.max_inflight_bytes")
-        if pipeline.reducer is not None:
-            for limit, value in pipeline.reducer.limits().items():
-                positive(value, f"{key}.reducer.{limit}")
     unknown = [p for p in config.run.pipelines if p not in config.pipelines]
     if unknown:
         known = ", ".join(config.pipelines) or "none"
@@ -281,23 +343,25 @@ def _check_scale(config: Config, origin: str) -> None:
         raise ConfigurationError(
             f"{origin}: scale.processes must be at least 1, got {scale.processes}"
         )
-    if scale.chunk_size < 1:
-        raise ConfigurationError(
-            f"{origin}: scale.chunk_size must be at least 1, got {scale.chunk_size}"
-        )
-    if scale.lease_ttl <= 0:
-        raise ConfigurationError(f"{origin}: scale.lease_ttl must be > 0, got {scale.lease_ttl}")
+    try:
+        check_chunking(scale.chunk_size, scale.lease_ttl)
+    except ConfigurationError as exc:
+        raise exc.at(origin, "scale") from None
     if not scale.chunked:
         return
     store = config.progress.store
     if scale.claims is not None:
+        try:
+            StoreSpec.parse(scale.claims)
+        except ConfigurationError as exc:
+            raise ConfigurationError(exc.message, key="scale.claims", where=origin) from None
         if store not in (scale.claims, ProgressConfig().store):
             raise ConfigurationError(
                 f"{origin}: scale.claims ({mask_dsn(scale.claims)}) and progress.store "
                 f"({mask_dsn(store)}) must name the same database (leave progress.store unset)"
             )
         config.progress.store = store = scale.claims
-    if not store.startswith(("sqlite:", *POSTGRES_SCHEMES)):
+    if not config.progress.spec.holds_claims:
         raise ConfigurationError(
             f"{origin}: scale-out needs an SQLite or PostgreSQL store for its claims "
             f"(scale.claims or progress.store), got {mask_dsn(store)!r}"

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from .. import __version__
-from .._dsn import mask_dsn
 from .._loop import EVENT_LOOPS, run_on
 from ..errors import failure_exit
 
@@ -279,7 +278,7 @@ def reset(config_path: Path | None, store: str | None, pipeline: str, to: int, f
     if chunks:
         what += f" and drop its {chunks} chunk claims"
     if not force:
-        _fail(f"would reset {what} in {mask_dsn(config.progress.store)}; add --force to do it", 2)
+        _fail(f"would reset {what} in {config.progress.spec}; add --force to do it", 2)
     click.echo(f"reset {what}")
 
 
@@ -350,7 +349,7 @@ def config_show(config_path: Path | None, feed: str | None, store: str | None) -
 
     data = _without_none(msgspec.to_builtins(config))
     data.pop("path", None)
-    data["progress"]["store"] = mask_dsn(data["progress"]["store"])
+    data["progress"]["store"] = str(config.progress.spec)
     click.echo(msgspec.toml.encode(data).decode(), nl=False)
 
 
@@ -362,12 +361,10 @@ def config_show(config_path: Path | None, feed: str | None, store: str | None) -
 def config_check(config_path: Path | None, feed: str | None, store: str | None) -> None:
     """Validate the config, import every worker and reducer, and build the pipelines."""
     config = _load(config_path, **{"source.feed": feed, "progress.store": store})
-    from .build import build_executor
+    from .build import build_executor, build_source
 
     executor = build_executor(config, handle_signals=False)
-    from .config import parse_address
-
-    parse_address(config.metrics.address, "metrics.address")
+    build_source(config)  # checks the [source] settings too
     names = ", ".join(pool.name for pool in executor.pools)
     click.echo(f"{config.path or 'configuration'}: OK ({len(executor.pools)} pipelines: {names})")
 

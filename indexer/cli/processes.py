@@ -24,7 +24,7 @@ import msgspec
 import structlog
 
 from ..errors import failure_exit
-from .config import Config, parse_address
+from .config import Config
 
 log = structlog.get_logger("indexer")
 
@@ -45,7 +45,7 @@ def child_config(config: Config, index: int) -> Config:
     """Child ``index``'s config: no progress bars, metrics on the parent's port + ``index``."""
     metrics = config.metrics
     if metrics.enabled:
-        host, port = parse_address(metrics.address, "metrics.address")
+        host, port = metrics.host_port
         metrics = msgspec.structs.replace(metrics, address=f"{host}:{port + index}")
     logging = msgspec.structs.replace(config.logging, progress=False)
     return msgspec.structs.replace(config, metrics=metrics, logging=logging)

@@ -16,7 +16,7 @@ from ..errors import IndexerError
 from ..executor import IndexerExecutor
 from ..metrics import serve_metrics
 from .build import build_claim_store, build_executor, build_source, build_store
-from .config import Config, parse_address
+from .config import Config
 
 log = structlog.get_logger("indexer")
 
@@ -73,7 +73,7 @@ def _run_here(
     executor.timing = config.metrics.enabled
     server = None
     if config.metrics.enabled:
-        host, port = parse_address(config.metrics.address, "metrics.address")
+        host, port = config.metrics.host_port
         try:
             server = serve_metrics(executor.job, host, port)
         except OSError as exc:

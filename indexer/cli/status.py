@@ -13,8 +13,8 @@ from typing import Any
 
 from ..claims import ChunkLayout, ChunkState, ClaimStore
 from ..errors import ConfigurationError
-from .build import build_claim_store, build_source, build_store, store_exists
-from .config import POSTGRES_SCHEMES, Config, mask_dsn
+from .build import build_claim_store, build_source, build_store
+from .config import Config
 
 __all__ = ["render_status", "reset_pipeline", "status_report"]
 
@@ -24,7 +24,7 @@ SHOWN_CHUNKS = 20
 
 def _claims(config: Config) -> ClaimStore | None:
     """The claim store in the progress store's database, when that kind of store has one."""
-    if config.progress.store.startswith(("sqlite:", *POSTGRES_SCHEMES)):
+    if config.progress.spec.holds_claims:
         return build_claim_store(config)
     return None
 
@@ -32,7 +32,7 @@ def _claims(config: Config) -> ClaimStore | None:
 async def status_report(config: Config, now: float | None = None) -> dict[str, Any]:
     """The report ``indexer status --json`` prints; read-only for a store that does not exist."""
     store = build_store(config)
-    exists = store_exists(config)
+    exists = config.progress.spec.exists()
     claims = _claims(config) if exists else None
     source = build_source(config)
     async with contextlib.AsyncExitStack() as stack:
@@ -62,7 +62,7 @@ async def status_report(config: Config, now: float | None = None) -> dict[str, A
                 chunks = await claims.chunks(name)
                 row["chunks"] = _chunk_report(layout, chunks, time.time() if now is None else now)
             rows.append(row)
-    return {"store": mask_dsn(config.progress.store), "store_exists": exists, "pipelines": rows}
+    return {"store": str(config.progress.spec), "store_exists": exists, "pipelines": rows}
 
 
 def _chunk_report(layout: ChunkLayout, chunks: list[ChunkState], now: float) -> dict[str, Any]:
@@ -160,7 +160,7 @@ async def reset_pipeline(
     """Set ``pipeline``'s watermark to ``to`` (with ``force``) and drop its chunk claims, so that
     a scaled-out run re-cuts the range from the new watermark. Returns the watermark before and
     the number of chunk rows dropped (or that would be). Refuses while a lease is live."""
-    if not force and not store_exists(config):
+    if not force and not config.progress.spec.exists():
         return None, 0
     claims = _claims(config)
     async with contextlib.AsyncExitStack() as stack:

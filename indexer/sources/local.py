@@ -68,9 +68,9 @@ class LocalDirectorySource(CheckpointSource):
         delete_below_watermark: bool = False,
     ) -> None:
         if poll_interval <= 0:
-            raise ConfigurationError(f"poll_interval must be > 0, got {poll_interval}")
+            raise ConfigurationError(f"must be > 0, got {poll_interval}", key="poll_interval")
         if batch_size < 1:
-            raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigurationError(f"must be >= 1, got {batch_size}", key="batch_size")
         self.path = Path(path)
         self.poll_interval = poll_interval
         self.follow = follow

@@ -10,6 +10,7 @@ from itertools import accumulate
 from typing import Any
 
 from ..checkpoint import Checkpoint, CheckpointDecoder, Event, Transaction, encode_checkpoint
+from ..errors import ConfigurationError
 from ._base import CheckpointSource, SourcedBatch
 
 _BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -51,9 +52,9 @@ class SyntheticSource(CheckpointSource):
         batch_size: int = 256,
     ) -> None:
         if count is not None and count < 0:
-            raise ValueError(f"count must be >= 0 or None, got {count}")
+            raise ConfigurationError(f"must be >= 0 or unset, got {count}", key="count")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigurationError(f"must be >= 1, got {batch_size}", key="batch_size")
         self.seed = seed
         self.count = count
         self.start_timestamp_ms = start_timestamp_ms
