@@ -108,6 +108,7 @@ class IndexerExecutor:
         self._stop = asyncio.Event()
         self._signals = 0
         self._main = asyncio.current_task()
+        self.job.loop = asyncio.get_running_loop()
         try:
             with stop_signals(self._on_signal, self.handle_signals), tuned_gc(self.tune_gc):
                 return await self._run(source, decoder, pools, first_checkpoint, last_checkpoint)

@@ -7,6 +7,7 @@ turns a ``JobView`` of them into Prometheus metric families only when scraped.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -22,6 +23,9 @@ from .stats import Histogram, JobView
 
 __all__ = ["IndexerCollector", "serve_metrics"]
 
+#: Seconds a scrape waits for the job's event loop to build a consistent exposition.
+CONSISTENT_WAIT = 2.0
+
 
 class IndexerCollector(Collector):
     """Exposes a job's stats as ``indexer_*`` metrics, computed at scrape time."""
@@ -30,6 +34,30 @@ class IndexerCollector(Collector):
         self.job = job
 
     def collect(self) -> Iterator[Metric]:
+        """Every family, built on the job's event loop between two of its callbacks, so that
+        one scrape is one moment: the loop thread changes the counters while this thread
+        serves the scrape. Built here instead when the loop is not running or does not turn
+        within ``CONSISTENT_WAIT`` seconds (a worker holding it)."""
+        loop = self.job.loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            yield from self._families()
+            return
+        built: Future[list[Metric]] = Future()
+
+        def build() -> None:
+            try:
+                built.set_result(list(self._families()))
+            except BaseException as exc:
+                built.set_exception(exc)
+
+        try:
+            loop.call_soon_threadsafe(build)
+            families = built.result(timeout=CONSISTENT_WAIT)
+        except (RuntimeError, TimeoutError):  # the loop closed or is busy: not one moment
+            families = list(self._families())
+        yield from families
+
+    def _families(self) -> Iterator[Metric]:
         feed = self.job.feed
         views = list(self.job.pipelines.values())
         names = [view.name for view in views]

@@ -7,6 +7,7 @@ the runs of its pipelines (one per chunk in a chunked job).
 
 from __future__ import annotations
 
+import asyncio
 from bisect import bisect_left
 from collections.abc import Sequence
 from typing import Protocol
@@ -143,13 +144,18 @@ class PipelineView:
 
 
 class JobView:
-    """The pipelines of a job in this process, in the order they were added, and the feed."""
+    """The pipelines of a job in this process, in the order they were added, and the feed.
 
-    __slots__ = ("feed", "pipelines")
+    ``loop`` is the event loop the job runs on (set when it starts): what changes the counters,
+    so that a reader on another thread can ask it for a consistent look (``IndexerCollector``).
+    """
+
+    __slots__ = ("feed", "loop", "pipelines")
 
     def __init__(self) -> None:
         self.feed = FeedStats()
         self.pipelines: dict[str, PipelineView] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def pipeline(self, name: str) -> PipelineView:
         """The view of pipeline ``name``, added on first use."""

@@ -121,6 +121,7 @@ class ChunkedRunner:
         is None) or until stopped; return each pipeline's watermark."""
         check_range(first, last)
         self._main = asyncio.current_task()
+        self.job.loop = asyncio.get_running_loop()
         poller: asyncio.Task[None] | None = None
         await self.progress_store.open()
         await self.claims.open()

@@ -1,0 +1,67 @@
+"""The metrics a job exposes: every scrape is one moment of the run."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from prometheus_client.core import Metric
+
+from indexer import Checkpoint, IndexerExecutor, Worker, WorkerPool
+from indexer.metrics import IndexerCollector
+from indexer.sources import MemorySource
+from indexer.testing import RecordingReducer, make_checkpoints
+
+
+class Yielding(Worker[Checkpoint, int]):
+    """Gives the loop a turn in every call, so that scrapes land amid the work."""
+
+    async def process_checkpoint(self, checkpoint: Checkpoint) -> int:
+        await asyncio.sleep(0)
+        return checkpoint.sequence_number
+
+
+def values(families: list[Metric]) -> dict[str, float]:
+    """Sample name (with the ``le`` of a bucket, if any) -> value, for one pipeline."""
+    found = {}
+    for family in families:
+        for sample in family.samples:
+            le = sample.labels.get("le")
+            found[sample.name if le is None else f"{sample.name}{{le={le}}}"] = sample.value
+    return found
+
+
+async def test_a_scrape_from_another_thread_sees_one_moment_of_the_run() -> None:
+    count = 20_000
+    executor = IndexerExecutor(handle_signals=False, tune_gc=False)
+    reducer = RecordingReducer(max_batch_size=7, max_batch_age=None)
+    executor.register(WorkerPool(Yielding(), name="p", concurrency=8, reducer=reducer))
+    collector = IndexerCollector(executor.job)
+    running = asyncio.create_task(executor.run(MemorySource(make_checkpoints(count))))
+
+    def scrape_while_it_runs() -> list[dict[str, float]]:
+        scrapes = []
+        while not running.done() and len(scrapes) < 2000:
+            scrapes.append(values(list(collector.collect())))
+        return scrapes
+
+    scrapes = await asyncio.to_thread(scrape_while_it_runs)
+    assert await running == {"p": count}
+    midway = [s for s in scrapes if 0 < s["indexer_watermark"] < count]
+    assert midway, "no scrape landed while the run was committing"
+    for scrape in midway:
+        processed = scrape["indexer_checkpoints_processed_total"]
+        # Counted in the same step as the completion: equal at any moment of the loop.
+        assert scrape["indexer_checkpoint_processing_seconds_count"] == processed
+        # One message per checkpoint, committed with the watermark: equal at any moment.
+        assert scrape["indexer_reducer_batch_messages_sum"] == scrape["indexer_watermark"]
+        assert scrape["indexer_lag_checkpoints"] == count - scrape["indexer_watermark"]
+        assert processed >= scrape["indexer_watermark"]
+
+
+def test_without_a_running_loop_the_scrape_is_built_where_it_is_asked() -> None:
+    executor = IndexerExecutor(handle_signals=False)
+    executor.register(WorkerPool(Yielding(), name="p"))
+    found: dict[str, Any] = values(list(IndexerCollector(executor.job).collect()))
+    assert found["indexer_watermark"] == 0
+    assert found["indexer_checkpoints_processed_total"] == 0
