@@ -3,15 +3,45 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["configure_logging"]
+__all__ = ["LineWriter", "configure_logging"]
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 _LEVELS["error"] = logging.ERROR
+
+
+class LineWriter:
+    """A structlog logger that writes each line with one ``write(2)``: processes sharing the
+    stream (``--processes N``) never interleave parts of lines, as two writes per line (the
+    line, then its newline) did. A closed stream (a reader gone: ``indexer run | head``) is
+    ignored: logging never breaks or blocks a shutdown."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        try:
+            self._fd: int | None = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+            self._fd = None  # an in-memory stream (tests): one write call is enough
+
+    def msg(self, message: str) -> None:
+        line = f"{message}\n"
+        try:
+            if self._fd is None:
+                self._stream.write(line)
+                self._stream.flush()
+                return
+            data = line.encode()
+            while data:
+                data = data[os.write(self._fd, data) :]
+        except (BrokenPipeError, ValueError):  # reader gone, or the stream closed
+            pass
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
 
 def configure_logging(
@@ -34,9 +64,10 @@ def configure_logging(
         ]
     else:
         processors.append(structlog.dev.ConsoleRenderer(colors=stream.isatty()))
+    writer = LineWriter(stream)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=lambda *args: writer,
         cache_logger_on_first_use=False,
     )
