@@ -27,6 +27,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
+def no_leftover_programs() -> Iterator[None]:
+    """A failing test must not leave a program it started running (some would run forever)."""
+    from harness import kill_leftovers
+
+    yield
+    kill_leftovers()
+
+
+@pytest.fixture(autouse=True)
 def no_leaked_threads() -> Iterator[None]:
     """Fail a test that leaves a non-daemon thread running (an unclosed aiosqlite connection,
     an executor never shut down): the interpreter would wait for it at exit and hang the run."""

@@ -21,16 +21,15 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import tomllib
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import tomli_w
 from click.testing import CliRunner, Result
+from harness import Background, parse_events, run_indexer
 from prometheus_client.parser import text_string_to_metric_families
 
 import indexer
@@ -41,13 +40,12 @@ from indexer.sources import SyntheticSource
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config.example.toml"
-PROGRAMS = Path(__file__).resolve().parent / "programs"
-INDEXER = Path(sys.executable).parent / "indexer"
 PIPELINE = "transactions"
 SEED = 3
 FEED_COUNT = 300  # checkpoints 0..299
 TIMEOUT = 10.0  # generous waits for a loaded 2-core machine; the assertions stay exact
 RUN_TIMEOUT = 60.0  # a whole subprocess that should end by itself
+MAX_INFLIGHT = 16  # the window of the slow pipeline (``write_config(delay=...)``)
 
 SUMMARY = re.compile(
     r"processed (?P<processed>\d+) checkpoints in [\d.]+s \([\d,]+/s\); "
@@ -174,40 +172,21 @@ def write_config(
         pipeline["worker"] = "slow_workers:SlowTransactionExtractor"
         pipeline["options"] = {"delay": delay}
         pipeline["concurrency"] = 1
+        pipeline["max_inflight"] = MAX_INFLIGHT
         pipeline["reducer"]["max_batch_size"] = 10
         pipeline["reducer"]["max_batch_age"] = 0.05
     path.write_text(tomli_w.dumps(data), encoding="utf-8")
     return path
 
 
-def subprocess_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INDEXER_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROGRAMS), env.get("PYTHONPATH")]))
-    return env
-
-
 def run_binary(*args: Any, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """``.venv/bin/indexer ARGS`` to completion."""
-    return subprocess.run(
-        [str(INDEXER), *map(str, args)],
-        cwd=cwd,
-        env=subprocess_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-    )
+    """``indexer ARGS`` to completion."""
+    return run_indexer(*args, cwd=cwd, timeout=RUN_TIMEOUT)
 
 
 def json_lines(stderr: str) -> list[dict[str, Any]]:
     """Every stderr line as a JSON object with an ``event``."""
-    events = []
-    for line in stderr.splitlines():
-        event = json.loads(line)
-        assert isinstance(event, dict), line
-        assert "event" in event, line
-        events.append(event)
-    return events
+    return parse_events(stderr.splitlines())
 
 
 def summary(stdout: str) -> tuple[int, int]:
@@ -217,64 +196,6 @@ def summary(stdout: str) -> tuple[int, int]:
     match = SUMMARY.fullmatch(lines[0])
     assert match is not None, lines[0]
     return int(match["processed"]), int(match["watermark"])
-
-
-_running: list[subprocess.Popen[str]] = []
-
-
-@pytest.fixture(autouse=True)
-def _kill_leftover_processes() -> Iterator[None]:
-    """A failing test must not leave a following indexer running."""
-    yield
-    while _running:
-        proc = _running.pop()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-class Running:
-    """A following ``indexer run`` in the background; its output goes to files."""
-
-    def __init__(self, tmp: Path, *args: Any) -> None:
-        self.out_path, self.err_path = tmp / "stdout.txt", tmp / "stderr.txt"
-        with self.out_path.open("w") as out, self.err_path.open("w") as err:
-            self.proc = subprocess.Popen(
-                [str(INDEXER), *map(str, args)],
-                cwd=tmp,
-                env=subprocess_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                text=True,
-            )
-        _running.append(self.proc)
-
-    def wait_until(self, what: str, condition: Callable[[], Any]) -> Any:
-        """Poll ``condition`` until it returns something truthy; fail if the process ends."""
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            value = condition()
-            if value:
-                return value
-            if self.proc.poll() is not None:
-                pytest.fail(f"indexer exited ({self.proc.returncode}) before {what}: {self.output}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out waiting for {what}: {self.output}")
-            time.sleep(0.02)
-
-    def stop(self, signum: int) -> tuple[int, str, str]:
-        """Send ``signum``; returns (exit code, stdout, stderr) once the process has ended."""
-        self.proc.send_signal(signum)
-        try:
-            code = self.proc.wait(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"indexer still running {TIMEOUT}s after signal {signum}: {self.output}")
-        return code, self.out_path.read_text(), self.err_path.read_text()
-
-    @property
-    def output(self) -> str:
-        return f"stdout={self.out_path.read_text()!r} stderr={self.err_path.read_text()!r}"
 
 
 @pytest.fixture(scope="module")
@@ -648,10 +569,11 @@ def test_signal_stops_gracefully(tmp_path: Path, feed: Path, signum: signal.Sign
     # >= 5 ms per checkpoint one at a time: the feed's 300 take >= 1.5 s, so the signal, sent
     # as soon as the first batch is committed, arrives while the run is still processing.
     config = write_config(tmp_path / "config.toml", feed, db, delay=0.005, follow=True)
-    running = Running(tmp_path, "run", "-c", config)
+    running = Background.indexer("run", "-c", config, cwd=tmp_path)
     running.wait_until("a saved watermark", lambda: read_watermark(db))
 
-    code, stdout, stderr = running.stop(signum)
+    code = running.stop(signum)
+    stdout, stderr = running.stdout_text, running.stderr_text
     assert code == 0, stderr
     processed, watermark = summary(stdout)
     assert 0 < watermark < FEED_COUNT, "the signal should have come while processing"
@@ -689,7 +611,7 @@ def test_metrics_endpoint(tmp_path: Path, feed: Path) -> None:
     db = tmp_path / "index.db"
     port = free_port()
     config = write_config(tmp_path / "config.toml", feed, db, port=port, delay=0.002)
-    running = Running(tmp_path, "run", "-c", config)
+    running = Background.indexer("run", "-c", config, cwd=tmp_path)
     pipeline = frozenset({("pipeline", PIPELINE)})
     start = 0  # a fresh store: the run starts at checkpoint 0
 
@@ -703,7 +625,8 @@ def test_metrics_endpoint(tmp_path: Path, feed: Path) -> None:
         return None
 
     running.wait_until("indexer_watermark > 0", scraped_with_progress)
-    # Two more scrapes while it runs: the values must be consistent at every scrape.
+    # Two more scrapes while it runs: each is one moment of the run (built on its event loop),
+    # so the values of different families agree exactly within a scrape.
     texts = [running.wait_until("a scrape", scraped_with_progress)[0] for _ in range(2)]
     for text in texts:
         types, values = samples_of(text)
@@ -728,7 +651,7 @@ def test_metrics_endpoint(tmp_path: Path, feed: Path) -> None:
             assert value(f"{histogram}_bucket", inf) == value(f"{histogram}_count")
             assert value(f"{histogram}_sum") > 0
         assert types["indexer_watermark"] == "gauge"
-        assert value("indexer_inflight_checkpoints") >= 0
+        assert 0 <= value("indexer_inflight_checkpoints") <= MAX_INFLIGHT  # the window's bound
         assert value("indexer_retries_total") == 0
         assert value("indexer_dead_letters_total") == 0
         committed = frozenset({*pipeline, ("outcome", "committed")})
@@ -742,9 +665,8 @@ def test_metrics_endpoint(tmp_path: Path, feed: Path) -> None:
         assert latest == FEED_COUNT - 1
         assert value("indexer_lag_checkpoints") == latest + 1 - watermark
 
-    code, stdout, stderr = running.stop(signal.SIGTERM)
-    assert code == 0, stderr
-    _processed, watermark = summary(stdout)
+    assert running.stop(signal.SIGTERM) == 0, running.describe()
+    _processed, watermark = summary(running.stdout_text)
     assert read_watermark(db) == watermark
     assert read_rows(db) == expected_rows(watermark)
 

@@ -11,14 +11,12 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
 import sys
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import PROGRAMS, Background, run_indexer
 
 from indexer.claims import ChunkLayout, Claim, SqliteClaimStore
 from indexer.cli.config import load_config
@@ -26,8 +24,6 @@ from indexer.cli.processes import run_processes
 from indexer.cli.run import run_child
 from indexer.sources import SyntheticSource
 
-INDEXER = str(Path(sys.executable).with_name("indexer"))
-PROGRAMS = Path(__file__).resolve().parent / "programs"
 COUNT = 600
 COLUMNS = (
     '{ checkpoint = "BIGINT", digest = "TEXT", sender = "TEXT", event_count = "BIGINT", '
@@ -38,12 +34,7 @@ COLUMNS = (
 @pytest.fixture(scope="module")
 def feed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("scaleout") / "feed"
-    done = subprocess.run(
-        [INDEXER, "generate", "--out", str(directory), "--count", str(COUNT), "--seed", "3"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = run_indexer("generate", "--out", directory, "--count", COUNT, "--seed", 3)
     assert done.returncode == 0, done.stderr
     return directory
 
@@ -54,9 +45,21 @@ def expected_digests() -> list[str]:
 
 
 def write_config(
-    path: Path, feed: Path, store: str, *, sink: str, table: str, delay: float, pipeline: str
+    path: Path,
+    feed: Path,
+    store: str,
+    *,
+    sink: str,
+    table: str,
+    delay: float,
+    pipeline: str,
+    schema: str | None = None,
 ) -> Path:
+    """The job's config; with ``schema`` (PostgreSQL) the indexer's tables and the sink's
+    live in that schema."""
     options = f'table = "{table}", columns = {COLUMNS}'
+    if schema is not None:
+        options += f', schema = "{schema}"'
     path.write_text(
         f"""
 [source]
@@ -65,6 +68,7 @@ follow = false
 
 [progress]
 store = "{store}"
+{f'schema = "{schema}"' if schema is not None else ""}
 
 [scale]
 chunk_size = 100
@@ -100,44 +104,21 @@ def sqlite_job(tmp_path: Path, feed: Path, *, delay: float) -> tuple[Path, Path]
     return db, config
 
 
-def start(config: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(PROGRAMS), os.environ.get("PYTHONPATH", "")]),
-    }
-    with log.open("wb") as err:
-        return subprocess.Popen(
-            [
-                INDEXER,
-                "run",
-                "-c",
-                str(config),
-                "--last-checkpoint",
-                str(COUNT - 1),
-                "--no-metrics",
-                "--no-progress",
-                "--log-format",
-                "json",
-                *args,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            env=env,
-        )
-
-
-def wait_for(predicate: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
-
-def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
+def start(config: Path, *args: str, env: dict[str, str] | None = None) -> Background:
+    """``indexer run`` of the whole job (to the feed's last checkpoint), JSON logs."""
+    return Background.indexer(
+        "run",
+        "-c",
+        config,
+        "--last-checkpoint",
+        COUNT - 1,
+        "--no-metrics",
+        "--no-progress",
+        "--log-format",
+        "json",
+        *args,
+        env=env,
+    )
 
 
 def sqlite_digests(db: Path, table: str) -> list[str]:
@@ -147,17 +128,13 @@ def sqlite_digests(db: Path, table: str) -> list[str]:
 
 def test_processes_share_the_job_and_write_each_row_once(feed: Path, tmp_path: Path) -> None:
     db, config = sqlite_job(tmp_path, feed, delay=0.001)
-    process = start(config, "--processes", "2", log=tmp_path / "run.log")
-    try:
-        out, _ = process.communicate(timeout=60)
-    finally:
-        stop_all([process])
-    log = (tmp_path / "run.log").read_text()
-    assert log.count('"chunk done"') == 6, log[-2000:]
-    assert process.returncode == 0, log[-2000:]
-    assert "2 processes done" in out.decode() and "txs=600" in out.decode()
+    process = start(config, "--processes", "2")
+    assert process.finish(60) == 0, process.describe()
+    events = process.events()  # every line of both processes parses: one write per line
+    assert [e["event"] for e in events].count("chunk done") == 6, process.describe()
+    assert "2 processes done" in process.stdout_text and "txs=600" in process.stdout_text
     if sys.platform == "linux":  # nothing runs a thread before the children start: forked
-        (started,) = [e for e in json_lines(log) if e["event"] == "started worker processes"]
+        (started,) = [e for e in events if e["event"] == "started worker processes"]
         assert started["start_method"] == "fork" and len(started["pids"]) == 1
     assert sqlite_digests(db, "rows") == expected_digests()
     with sqlite3.connect(db) as conn:
@@ -178,8 +155,15 @@ def test_processes_share_the_job_and_write_each_row_once(feed: Path, tmp_path: P
     }
 
 
-def json_lines(text: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+def test_four_processes_write_whole_log_lines(feed: Path, tmp_path: Path) -> None:
+    """Four processes share one stderr pipe: every line of it is one whole JSON record."""
+    _db, config = sqlite_job(tmp_path, feed, delay=0.0)
+    process = start(config, "--processes", "4", "--log-level", "debug")
+    assert process.finish(60) == 0, process.describe()
+    events = process.events()
+    assert len(events) == len(process.stderr) > 24
+    assert sum(e["event"] == "chunk done" for e in events) == 6
+    assert len({e["owner"] for e in events if e["event"] == "chunk claimed"}) >= 2
 
 
 def test_sigterm_to_the_parent_stops_every_process_and_a_rerun_finishes(
@@ -188,29 +172,22 @@ def test_sigterm_to_the_parent_stops_every_process_and_a_rerun_finishes(
     """The parent forwards the signal: each process finishes its chunk in hand and exits 0,
     no child outlives the parent, and a second run completes the job, each row once."""
     db, config = sqlite_job(tmp_path, feed, delay=0.02)
-    log = tmp_path / "run.log"
-    process = start(config, "--processes", "2", log=log)
-    try:
-        wait_for(lambda: log.read_text().count('"chunk claimed"') >= 2)
-        (started,) = [e for e in json_lines(log.read_text()) if "pids" in e]
-        process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=30)
-    finally:
-        stop_all([process])
-    events = json_lines(log.read_text())
-    assert process.returncode == 0, log.read_text()[-2000:]
+    process = start(config, "--processes", "2")
+    process.wait_until(
+        "both processes claimed a chunk",
+        lambda: len(process.events_named("chunk claimed")) >= 2,
+    )
+    (started,) = process.events_named("started worker processes")
+    assert process.stop(signal.SIGTERM) == 0, process.describe()
+    events = process.events()
     stopping = [e for e in events if e["event"].startswith("stopping: finishing the chunk")]
     assert len(stopping) == 2, events  # the parent and its child each got the signal
     for pid in started["pids"]:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # gone (and reaped by the parent)
-    again = start(config, "--processes", "2", log=tmp_path / "again.log")
-    try:
-        out, _ = again.communicate(timeout=60)
-    finally:
-        stop_all([again])
-    assert again.returncode == 0, (tmp_path / "again.log").read_text()[-2000:]
-    assert "txs=600" in out.decode()
+    again = start(config, "--processes", "2")
+    assert again.finish(60) == 0, again.describe()
+    assert "txs=600" in again.stdout_text
     assert sqlite_digests(db, "rows") == expected_digests()
 
 
@@ -261,8 +238,8 @@ def test_status_shows_leases_and_reset_waits_for_them(feed: Path, tmp_path: Path
     table = indexer("status", "-c", str(config))
     assert "host-b:2" in table and "100..199" in table and "1/6" in table
 
-    reset = [INDEXER, "reset", "-c", str(config), "--pipeline", "txs", "--to", "0", "--force"]
-    refused = subprocess.run(reset, capture_output=True, text=True, check=False)
+    reset = ["reset", "-c", str(config), "--pipeline", "txs", "--to", "0", "--force"]
+    refused = run_indexer(*reset)
     assert refused.returncode == 2
     assert refused.stderr.count("\n") == 1 and "leased to 'host-b:2'" in refused.stderr
 
@@ -271,7 +248,7 @@ def test_status_shows_leases_and_reset_waits_for_them(feed: Path, tmp_path: Path
             await claims.release(held)
 
     asyncio.run(release())
-    assert "drop its 6 chunk claims" in indexer(*reset[1:])
+    assert "drop its 6 chunk claims" in indexer(*reset)
     report = json.loads(indexer("status", "-c", str(config), "--json"))
     assert "chunks" not in report["pipelines"][0]
     assert report["pipelines"][0]["watermark"] == 0
@@ -279,7 +256,7 @@ def test_status_shows_leases_and_reset_waits_for_them(feed: Path, tmp_path: Path
 
 def indexer(*args: str) -> str:
     """Run ``indexer ARGS``; its stdout, after checking it succeeded."""
-    done = subprocess.run([INDEXER, *args], capture_output=True, text=True, check=False)
+    done = run_indexer(*args)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -294,68 +271,62 @@ def test_scale_out_without_a_database_is_a_config_error(tmp_path: Path, feed: Pa
         delay=0.0,
         pipeline="txs",
     )
-    done = subprocess.run(
-        [INDEXER, "run", "-c", str(config), "--processes", "2"], capture_output=True, text=True
-    )
+    done = run_indexer("run", "-c", config, "--processes", 2)
     assert done.returncode == 2
     assert "scale-out needs an SQLite or PostgreSQL store" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
 
 
-def _kill_one_and_finish(tmp_path: Path, config: Path, claims: str, rows: Any) -> None:
-    """Two processes join one job; one is SIGKILLed holding a chunk; the other finishes it all
-    (taking the dead one's chunk over when its lease expires)."""
-    victim = start(config, "--claims", claims, log=tmp_path / "victim.log")
-    survivor: subprocess.Popen[bytes] | None = None
-    try:
-        wait_for(lambda: rows() >= 150 and "chunk claimed" in (tmp_path / "victim.log").read_text())
-        survivor = start(config, "--claims", claims, log=tmp_path / "survivor.log")
-        wait_for(lambda: "chunk claimed" in (tmp_path / "survivor.log").read_text())
-        victim.send_signal(signal.SIGKILL)
-        assert victim.wait(10) == -signal.SIGKILL
-        out, _ = survivor.communicate(timeout=60)
-        log = (tmp_path / "survivor.log").read_text()
-        assert survivor.returncode == 0, log[-2000:]
-        assert f"={COUNT}" in out.decode()
-    finally:
-        stop_all([p for p in (victim, survivor) if p is not None])
+def _kill_one_and_finish(tmp_path: Path, config: Path, claims: str) -> None:
+    """Two processes join one job; one is SIGKILLed holding a chunk; the other finishes it all,
+    taking the dead one's chunk over when its lease expires.
+
+    The victim holds checkpoint 250 (chunk 2, after chunks 0 and 1) until killed, so the
+    survivor, started once the victim is there, always finds work of its own and a chunk to
+    take over, however fast either runs."""
+    hold = tmp_path / "hold"
+    hold.touch()
+    victim = start(
+        config,
+        "--claims",
+        claims,
+        env={"SLOW_WORKER_HOLD_FROM": "250", "SLOW_WORKER_HOLD_WHILE": str(hold)},
+    )
+    victim.wait_until("the victim holds checkpoint 250", (tmp_path / "hold.reached").exists)
+    survivor = start(config, "--claims", claims)
+    survivor.wait_for_event("chunk claimed")
+    victim.kill()
+    assert victim.returncode == -signal.SIGKILL
+    hold.unlink()
+    assert survivor.finish(60) == 0, survivor.describe()
+    assert f"={COUNT}" in survivor.stdout_text
+    taken = {e["chunk"] for e in survivor.events_named("chunk claimed")}
+    assert 2 in taken, survivor.describe()  # the victim's chunk, taken over
 
 
 def test_sigkill_one_of_two_processes_and_the_job_completes_exactly_once(
     feed: Path, tmp_path: Path
 ) -> None:
-    db, config = sqlite_job(tmp_path, feed, delay=0.01)
-
-    def rows() -> int:
-        if not db.exists():
-            return 0
-        try:
-            with sqlite3.connect(db, timeout=5) as conn:
-                return conn.execute("SELECT count(DISTINCT checkpoint) FROM rows").fetchone()[0]
-        except sqlite3.OperationalError:
-            return 0
-
-    _kill_one_and_finish(tmp_path, config, f"sqlite:{db}", rows)
+    db, config = sqlite_job(tmp_path, feed, delay=0.001)
+    _kill_one_and_finish(tmp_path, config, f"sqlite:{db}")
     assert sqlite_digests(db, "rows") == expected_digests()
 
 
 def test_sigkill_one_of_two_processes_on_postgresql(
-    feed: Path, tmp_path: Path, postgres_dsn: str
+    feed: Path, tmp_path: Path, postgres_dsn: str, pg_schema: str
 ) -> None:
-    import asyncio
-
+    """The same on PostgreSQL, in a schema of the test's own (dropped with all in it)."""
     import asyncpg
 
-    suffix = uuid.uuid4().hex[:8]
-    table, pipeline = f"rows_{suffix}", f"txs_{suffix}"
     config = write_config(
         tmp_path / "cfg.toml",
         feed,
         postgres_dsn,
         sink="reducers.postgres:PostgresSink",
-        table=table,
-        delay=0.01,
-        pipeline=pipeline,
+        table="rows",
+        delay=0.001,
+        pipeline="txs",
+        schema=pg_schema,
     )
 
     async def query(sql: str) -> list[Any]:
@@ -365,24 +336,8 @@ def test_sigkill_one_of_two_processes_on_postgresql(
         finally:
             await conn.close()
 
-    def rows() -> int:
-        try:
-            return asyncio.run(query(f"SELECT count(DISTINCT checkpoint) FROM {table}"))[0][0]
-        except asyncpg.UndefinedTableError:
-            return 0
-
-    try:
-        _kill_one_and_finish(tmp_path, config, postgres_dsn, rows)
-        digests = sorted(r[0] for r in asyncio.run(query(f"SELECT digest FROM {table}")))
-        assert digests == expected_digests()
-        done = asyncio.run(
-            query(f"SELECT count(*) FROM indexer_claims WHERE pipeline = '{pipeline}' AND done")
-        )
-        assert done[0][0] == COUNT // 100
-    finally:
-        for sql in (
-            f"DROP TABLE IF EXISTS {table}",
-            f"DELETE FROM indexer_claims WHERE pipeline = '{pipeline}'",
-            f"DELETE FROM indexer_watermarks WHERE pipeline = '{pipeline}'",
-        ):
-            asyncio.run(query(sql))
+    _kill_one_and_finish(tmp_path, config, postgres_dsn)
+    digests = sorted(r[0] for r in asyncio.run(query(f'SELECT digest FROM "{pg_schema}".rows')))
+    assert digests == expected_digests()
+    done = f"SELECT count(*) FROM \"{pg_schema}\".indexer_claims WHERE pipeline = 'txs' AND done"
+    assert asyncio.run(query(done))[0][0] == COUNT // 100
