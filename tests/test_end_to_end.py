@@ -6,130 +6,32 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import queue
 import random
 import shutil
 import signal
 import sqlite3
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import Background, parse_events
 
 from indexer.sources import SyntheticSource, write_checkpoint_file, write_feed
 
 PROGRAM = Path(__file__).parent / "programs" / "feed_indexer.py"
 PIPELINE = "feed_rows"
-EXIT_TIMEOUT = 10.0  # generous: a loaded 2-core machine; the asserted behaviour stays exact
-START_TIMEOUT = 10.0
+READ_TIMEOUT = 10.0  # how long a look at the database waits for the program's write lock
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 
-_started: list[Program] = []
-
-
-@pytest.fixture(autouse=True)
-def _kill_leftover_programs() -> Iterator[None]:
-    """A failing test must not leave a program running (some would run forever)."""
-    yield
-    while _started:
-        _started.pop().kill()
-
-
-class Program:
-    """A running ``feed_indexer.py``; stdout and stderr are read by threads as they come."""
+class Program(Background):
+    """A running ``tests/programs/feed_indexer.py`` (see its docstring for its output)."""
 
     def __init__(self, feed: Path, db: Path, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(PROGRAM), "--feed", str(feed), "--db", str(db), *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        _started.append(self)
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        # Both streams' lines as they come, tagged; None once a stream has ended.
-        self._lines: queue.Queue[tuple[str, str] | None] = queue.Queue()
-        self._readers = [
-            threading.Thread(target=self._read, args=(self.proc.stdout, "stdout", self.stdout)),
-            threading.Thread(target=self._read, args=(self.proc.stderr, "stderr", self.stderr)),
-        ]
-        for reader in self._readers:
-            reader.daemon = True
-            reader.start()
-
-    def _read(self, stream: Any, name: str, into: list[str]) -> None:
-        for raw in stream:
-            line = raw.rstrip("\n")
-            into.append(line)
-            self._lines.put((name, line))
-        self._lines.put(None)
-
-    def _wait_for(self, what: str, matches: Callable[[str, str], bool], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        ended = 0
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self.kill()
-                pytest.fail(f"no {what} within {timeout}s\n{self.describe()}")
-            try:
-                item = self._lines.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if item is None:
-                ended += 1
-                if ended == 2:
-                    self.finish()
-                    pytest.fail(f"program ended before {what}\n{self.describe()}")
-                continue
-            if matches(*item):
-                return
-
-    def wait_for_line(self, expected: str, timeout: float = START_TIMEOUT) -> None:
-        """Wait until stdout prints ``expected``; fail if the program ends or time runs out."""
-        self._wait_for(
-            f"stdout line {expected!r}",
-            lambda stream, line: stream == "stdout" and line == expected,
-            timeout,
-        )
-
-    def wait_for_event(self, event: str, timeout: float = START_TIMEOUT) -> None:
-        """Wait until the framework logs ``event`` (a JSON line on stderr)."""
-
-        def matches(stream: str, line: str) -> bool:
-            return (
-                stream == "stderr" and line.startswith("{") and json.loads(line)["event"] == event
-            )
-
-        self._wait_for(f"log event {event!r}", matches, timeout)
-
-    def signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-
-    def finish(self, timeout: float = EXIT_TIMEOUT) -> int:
-        """Wait for the exit (killing it after ``timeout``) and for all of its output."""
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            pytest.fail(f"program did not exit within {timeout}s; stderr: {self.stderr[-5:]}")
-        for reader in self._readers:
-            reader.join(timeout=5)
-        return self.proc.returncode
+        super().__init__([sys.executable, PROGRAM, "--feed", feed, "--db", db, *args])
 
     def watermarks(self) -> dict[str, int]:
         """The JSON dict the program prints last on success."""
@@ -145,17 +47,14 @@ class Program:
         assert len(lines) == 1, self.stdout
         return int(lines[0].removeprefix("resume "))
 
-    def log_events(self, event: str) -> list[dict[str, object]]:
-        found = []
-        for line in self.stderr:
-            if line.startswith("{"):
-                record = json.loads(line)
-                if record.get("event") == event:
-                    found.append(record)
-        return found
+    def log_events(self, event: str) -> list[dict[str, Any]]:
+        """The framework's log records of ``event`` (the program's last line may be another)."""
+        records = parse_events([line for line in self.stderr if line.startswith("{")])
+        return [record for record in records if record["event"] == event]
 
-    def describe(self) -> str:
-        return f"rc={self.proc.returncode}\nstdout: {self.stdout}\nstderr: {self.stderr}"
+    def wait_for_commit(self, db: Path) -> int:
+        """Wait until the program has committed a first batch; the saved watermark."""
+        return self.wait_until("a committed batch", lambda: saved_watermark(db) or 0)
 
 
 def make_feed(directory: Path, count: int, seed: int = 7) -> Path:
@@ -171,22 +70,21 @@ def write_range(directory: Path, start: int, stop: int, seed: int = 7) -> None:
         write_checkpoint_file(directory, source.checkpoint_at(n))
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = START_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting until {what}")
-        time.sleep(0.02)
-
-
 def saved_watermark(db: Path) -> int | None:
-    conn = sqlite3.connect(db)
+    """The watermark the program saved, or None (no file, table or row yet); read-only, so
+    that looking never creates the database."""
+    if not db.exists():
+        return None
     try:
-        rows = conn.execute(
-            "SELECT next_checkpoint FROM indexer_watermarks WHERE pipeline = ?", (PIPELINE,)
-        ).fetchall()
-    finally:
-        conn.close()
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=READ_TIMEOUT)
+        try:
+            rows = conn.execute(
+                "SELECT next_checkpoint FROM indexer_watermarks WHERE pipeline = ?", (PIPELINE,)
+            ).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:  # the program is creating it
+        return None
     return rows[0][0] if rows else None
 
 
@@ -224,8 +122,7 @@ def test_signal_stops_a_following_run_gracefully(feed: Path, db: Path, signum: i
     count = 1000  # at 0.01 s a checkpoint, 4 at a time, the feed takes 2.5 s: the stop is mid-run
     make_feed(feed, count)
     program = Program(feed, db, "--follow", "--delay", "0.01", "--concurrency", "4")
-    program.wait_for_line("started")
-    time.sleep(0.15)
+    program.wait_for_commit(db)
     program.signal(signum)
     signalled = time.monotonic()
     rc = program.finish()
@@ -248,8 +145,7 @@ def test_restart_after_sigterm_resumes_from_the_saved_watermark(feed: Path, db: 
     count = 600
     make_feed(feed, count, seed=11)
     first = Program(feed, db, "--follow", "--delay", "0.01", "--concurrency", "4")
-    first.wait_for_line("started")
-    time.sleep(0.1)
+    first.wait_for_commit(db)
     first.signal(signal.SIGTERM)
     assert first.finish() == 0, first.describe()
     stopped_at = assert_consistent(db)
@@ -285,9 +181,9 @@ def test_second_signal_aborts_at_once_without_corrupting_the_database(feed: Path
     )
     program.wait_for_line("started")
     # Checkpoints 0..19 complete and are committed (two full batches); 20 and 21 never finish.
-    wait_until(lambda: saved_watermark(db) == block_from, f"the watermark is {block_from}")
+    program.wait_until(f"the watermark {block_from}", lambda: saved_watermark(db) == block_from)
     program.signal(signal.SIGINT)
-    time.sleep(0.1)
+    program.wait_for_event("stopping: finishing in-flight work (signal again to abort)")
     assert program.proc.poll() is None, "the first signal must wait for the blocked work"
     program.signal(signal.SIGINT)
     aborted = time.monotonic()
@@ -313,7 +209,7 @@ def test_signal_while_draining_a_finite_feed_stops_early(feed: Path, db: Path) -
     make_feed(feed, count)
     program = Program(feed, db, "--no-follow", "--delay", "0.02", "--concurrency", "2")
     program.wait_for_event("source exhausted")
-    time.sleep(0.1)
+    program.wait_for_commit(db)
     program.signal(signal.SIGTERM)
     assert program.finish() == 0, program.describe()
     watermark = saved_watermark(db)
@@ -332,8 +228,8 @@ def test_following_run_tails_new_files_waits_at_a_gap_and_ends_at_last_checkpoin
     program.wait_for_line("started")
     write_range(feed, 21, 45)  # 20 is missing; 40.. lie past the last checkpoint
     program.wait_for_event("gap in feed")
-    wait_until(lambda: saved_watermark(db) == 20, "checkpoints 0..19 are committed")
-    time.sleep(0.2)
+    program.wait_until("checkpoints 0..19 committed", lambda: saved_watermark(db) == 20)
+    time.sleep(0.2)  # a while in which nothing past the gap may be committed
     assert program.proc.poll() is None, program.describe()
     assert saved_watermark(db) == 20  # nothing past the gap is committed
     write_range(feed, 20, 21)
@@ -355,9 +251,11 @@ def test_sigkill_at_random_moments_keeps_exactly_once(feed: Path, db: Path) -> N
     rng = random.Random(20240601)
     last = ["--no-follow", "--last-checkpoint", str(count - 1), "--concurrency", "4"]
     watermarks = []
-    for _ in range(5):
+    for kill in range(5):
         program = Program(feed, db, *last, "--delay", "0.02")
         program.wait_for_line("started")
+        if kill == 0:  # so that the kills cannot all land before anything was committed
+            program.wait_for_commit(db)
         time.sleep(rng.uniform(0.0, 0.15))
         program.signal(signal.SIGKILL)
         assert program.finish() == -signal.SIGKILL, program.describe()

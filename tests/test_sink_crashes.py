@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import signal
 import sqlite3
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -39,12 +37,12 @@ from typing import Any, Literal
 import msgspec
 import pytest
 import tomli_w
+from harness import Background, run_indexer
 
 from indexer.checkpoint import Checkpoint, CheckpointDecoder
 from reducers.jsonl import rotated_files
 from workers.transactions import TransactionExtractor
 
-INDEXER = Path(sys.executable).parent / "indexer"
 FEED_COUNT = 500  # checkpoints 0..499, ~4,000 transactions
 SEED = 1
 MAX_KILLS = 15
@@ -68,15 +66,7 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def feed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A feed made by the real ``indexer generate``."""
     directory = tmp_path_factory.mktemp("feed") / "feed"
-    args = ["generate", "--out", str(directory), "--count", str(FEED_COUNT), "--seed", str(SEED)]
-    result = subprocess.run(
-        [str(INDEXER), *args],
-        env=subprocess_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    result = run_indexer("generate", "--out", directory, "--count", FEED_COUNT, "--seed", SEED)
     assert result.returncode == 0, result.stderr
     return directory
 
@@ -127,64 +117,12 @@ def expected(feed: Path) -> Expected:
 # -- running and killing ``indexer run`` -------------------------------------------------------
 
 
-def subprocess_env() -> dict[str, str]:
-    """The caller's environment without INDEXER_* variables (they would override the config)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("INDEXER_")}
-
-
-_running: list[subprocess.Popen[str]] = []
-
-
-@pytest.fixture(autouse=True)
-def _kill_leftover_processes() -> Iterator[None]:
-    """A failing test must not leave an indexer running."""
-    yield
-    while _running:
-        proc = _running.pop()
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-
-class Run:
-    """``indexer run -c CONFIG --last-checkpoint FEED_COUNT-1`` in the background; its output
-    goes to files named after the attempt."""
-
-    def __init__(self, tmp: Path, config: Path, attempt: int) -> None:
-        self.out_path = tmp / f"run{attempt}.stdout"
-        self.err_path = tmp / f"run{attempt}.stderr"
-        args = ["run", "-c", str(config), "--last-checkpoint", str(FEED_COUNT - 1)]
-        args += ["--no-metrics", "--no-progress", "--log-format", "json"]
-        with self.out_path.open("w") as out, self.err_path.open("w") as err:
-            self.proc = subprocess.Popen(
-                [str(INDEXER), *args],
-                cwd=tmp,
-                env=subprocess_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                text=True,
-            )
-        _running.append(self.proc)
-
-    def finished(self) -> bool:
-        return self.proc.poll() is not None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-
-    def wait(self) -> int:
-        try:
-            return self.proc.wait(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            pytest.fail(f"indexer still running after {TIMEOUT}s: {self.output}")
-
-    @property
-    def output(self) -> str:
-        return f"stdout={self.out_path.read_text()!r} stderr={self.err_path.read_text()[-3000:]!r}"
+def start_run(tmp: Path, config: Path) -> Background:
+    """``indexer run -c CONFIG --last-checkpoint FEED_COUNT-1`` in the background."""
+    args = ["run", "-c", config, "--last-checkpoint", FEED_COUNT - 1]
+    return Background.indexer(
+        *args, "--no-metrics", "--no-progress", "--log-format", "json", cwd=tmp
+    )
 
 
 @dataclass
@@ -219,7 +157,7 @@ def write_config(path: Path, feed: Path, sink: Sink) -> Path:
 
 
 def kill_at_random_moment(
-    run: Run, sink: Sink, expected: Expected, rng: random.Random, before: int
+    run: Background, sink: Sink, expected: Expected, rng: random.Random, before: int
 ) -> bool:
     """SIGKILL ``run`` at a moment ``rng`` picks; False if it ended by itself first (or had
     nothing left to do). ``before`` is the watermark it started from."""
@@ -229,15 +167,15 @@ def kill_at_random_moment(
     deadline = time.monotonic() + TIMEOUT
 
     def wait_until(what: str, condition: Callable[[], bool]) -> None:
-        while not run.finished() and not condition():
+        while run.returncode is None and not condition():
             if time.monotonic() > deadline:
                 run.kill()
-                pytest.fail(f"timed out waiting until {what}: {run.output}")
+                pytest.fail(f"timed out waiting until {what}: {run.describe()}")
             time.sleep(POLL)
 
     if not first and rng.random() < 0.25:
         # Just after start-up: creating tables, opening files, the first batches.
-        wait_until("the pipeline starts", lambda: "pipeline starting" in run.err_path.read_text())
+        wait_until("the pipeline starts", lambda: "pipeline starting" in run.stderr_text)
         time.sleep(rng.uniform(0.0, 0.03))
     else:
         # As soon as the sink holds the rows of a random number of further checkpoints (the
@@ -249,7 +187,7 @@ def kill_at_random_moment(
         time.sleep(rng.choice([0.0, 0.0, rng.uniform(0.0, 0.01)]))
     run.kill()
     code = run.proc.returncode
-    assert code in (0, -signal.SIGKILL), run.output
+    assert code in (0, -signal.SIGKILL), run.describe()
     return code != 0
 
 
@@ -298,17 +236,17 @@ def crash_until_done(tmp: Path, feed: Path, sink: Sink, expected: Expected, seed
     rng = random.Random(seed)
     crashes = Crashes(watermarks=[], ahead=0, runs=0)
     for attempt in range(MAX_KILLS + 1):
-        run = Run(tmp, config, attempt)
+        run = start_run(tmp, config)
         crashes.runs += 1
         try:
             before = crashes.watermarks[-1] if crashes.watermarks else 0
             killed = attempt < MAX_KILLS and kill_at_random_moment(run, sink, expected, rng, before)
-            code = None if killed else run.wait()
+            code = None if killed else run.finish()
         finally:
             run.kill()
         if code is not None:
-            assert code == 0, run.output
-            assert run.out_path.read_text().endswith(f"{sink.pipeline}={FEED_COUNT}\n"), run.output
+            assert code == 0, run.describe()
+            assert run.stdout_text.endswith(f"{sink.pipeline}={FEED_COUNT}\n"), run.describe()
             break
         watermark = sink.watermark() or 0
         assert watermark >= before, f"the watermark fell from {before} to {watermark}"
@@ -442,23 +380,12 @@ def test_sqlite_sink_on_its_own_file_with_a_key_is_idempotent(
     # known range on purpose too, by lowering the watermark, and still every row is there once.
     replay_from = random.Random(303).randrange(1, FEED_COUNT)
     config = tmp_path / "config.toml"
-    args = ["reset", "-c", str(config), "--pipeline", sink.pipeline, "--to", str(replay_from)]
-    reset = subprocess.run(
-        [str(INDEXER), *args, "--force"],
-        cwd=tmp_path,
-        env=subprocess_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    args = ["reset", "-c", config, "--pipeline", sink.pipeline, "--to", replay_from]
+    reset = run_indexer(*args, "--force", cwd=tmp_path)
     assert reset.returncode == 0, reset.stderr
     assert sink.watermark() == replay_from
-    run = Run(tmp_path, config, MAX_KILLS + 1)
-    try:
-        assert run.wait() == 0, run.output
-    finally:
-        run.kill()
+    run = start_run(tmp_path, config)
+    assert run.finish() == 0, run.describe()
     assert sink.watermark() == FEED_COUNT
     assert sorted(sink.rows()) == expected.below(FEED_COUNT)
 
