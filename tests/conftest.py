@@ -79,3 +79,32 @@ async def pg_schema(postgres_dsn: str) -> AsyncIterator[str]:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
     finally:
         await conn.close()
+
+
+async def _postgres_tables(dsn: str) -> set[str]:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT table_schema || '.' || table_name FROM information_schema.tables"
+            " WHERE table_schema NOT IN ('pg_catalog', 'information_schema')"
+        )
+    finally:
+        await conn.close()
+    return {row[0] for row in rows}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def postgres_left_as_found() -> Iterator[None]:
+    """Each test creates and drops its own schema or tables: the test database holds no new
+    table when the session ends (a leftover shows up as a phantom pipeline in
+    ``indexer status``)."""
+    import asyncio
+
+    dsn = os.environ.get("INDEXER_TEST_POSTGRES_DSN")
+    before = asyncio.run(_postgres_tables(dsn)) if dsn else set()
+    yield
+    if dsn:
+        left = asyncio.run(_postgres_tables(dsn)) - before
+        assert not left, f"tests left tables in the test database: {sorted(left)[:10]}"

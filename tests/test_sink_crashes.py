@@ -136,12 +136,13 @@ class Sink:
     rows: Callable[[], list[Row]]  # what the sink holds (the indexer is not running)
     count: Callable[[], int]  # a cheap row count while it runs (0 when nothing is there)
     watermark: Callable[[], int | None]  # the saved watermark (the indexer is not running)
+    schema: str | None = None  # PostgreSQL: where the indexer's own tables live
 
 
 def write_config(path: Path, feed: Path, sink: Sink) -> Path:
     config = {
         "source": {"kind": "local", "feed": str(feed), "follow": False, "batch_size": 64},
-        "progress": {"store": sink.store},
+        "progress": {"store": sink.store, **({"schema": sink.schema} if sink.schema else {})},
         "metrics": {"enabled": False},
         "logging": {"format": "json", "progress": False},
         "pipelines": {
@@ -453,11 +454,12 @@ def test_postgres_sink_on_the_store_database_is_exactly_once(
     pg_schema: str,
     postgres: Postgres,
 ) -> None:
-    # The config cannot give the PostgresProgressStore a schema: its watermark lives in
-    # public.indexer_watermarks under a pipeline name of this test's own, removed afterwards.
-    pipeline = f"sink_crashes_{pg_schema}"
+    # The store's tables and the sink's live in the test's own schema, dropped afterwards.
+    pipeline = "transactions"
     table = f'"{pg_schema}".transactions'
-    watermark_sql = "SELECT next_checkpoint FROM public.indexer_watermarks WHERE pipeline = $1"
+    watermark_sql = (
+        f'SELECT next_checkpoint FROM "{pg_schema}".indexer_watermarks WHERE pipeline = $1'
+    )
 
     def watermark() -> int | None:
         rows = postgres.fetch(watermark_sql, pipeline)
@@ -479,10 +481,7 @@ def test_postgres_sink_on_the_store_database_is_exactly_once(
         rows=lambda: [tuple(r) for r in postgres.fetch(ROW_SELECT.format(table)) or []],
         count=lambda: int((postgres.fetch(f"SELECT count(*) FROM {table}") or [[0]])[0][0]),
         watermark=watermark,
+        schema=pg_schema,
     )
-    try:
-        crashes = crash_until_done(tmp_path, feed, sink, expected, seed=505)
-    finally:
-        for name in ("indexer_watermarks", "indexer_dead_letters"):
-            postgres.fetch(f"DELETE FROM public.{name} WHERE pipeline = $1", pipeline)
+    crashes = crash_until_done(tmp_path, feed, sink, expected, seed=505)
     assert len(crashes.watermarks) >= 3, crashes
