@@ -23,9 +23,8 @@ def tuned_gc(enabled: bool = True) -> Iterator[None]:
         yield
         return
     previous = gc.get_threshold()
-    # Only the young generation: a full collection walks the whole heap (30+ ms for an
-    # application holding a few hundred thousand objects) to free what start-up left behind,
-    # and frozen garbage is given back to the collector by unfreeze at the end anyway.
+    # Only the young generation: a full collection walks the whole heap to free what start-up
+    # left behind, and frozen garbage is given back to the collector by unfreeze at the end.
     gc.collect(0)
     gc.freeze()
     gc.set_threshold(max(previous[0], GEN0_THRESHOLD), previous[1], previous[2])

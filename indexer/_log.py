@@ -29,7 +29,7 @@ class Logger:
 
     def _emit(self, level: int, method: str, event: str, fields: dict[str, Any]) -> None:
         # An application that configured structlog has imported it: importing it here would
-        # cost every user of the framework a tenth of a second (it brings rich along).
+        # slow every user's start-up (it brings rich along).
         structlog = sys.modules.get("structlog")
         if structlog is not None and structlog.is_configured():
             getattr(structlog.get_logger(self.name), method)(event, **fields)

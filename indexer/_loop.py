@@ -1,7 +1,7 @@
 """The event loop a command runs on: uvloop when it is installed, else asyncio's own.
 
-uvloop's timers and callbacks cost about half of asyncio's, which is most of the framework's
-overhead for I/O-bound workers (see ``indexer bench --scenario io-bound``). ``run.event_loop``
+uvloop's timers and callbacks are cheaper than asyncio's, and they are most of the framework's
+overhead for I/O-bound workers (ARCHITECTURE.md, Performance notes). ``run.event_loop``
 picks one explicitly; ``"auto"`` takes uvloop when it can be imported (not on Windows).
 """
 

@@ -77,8 +77,8 @@ async def fetch(conn: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()
 async def on_thread(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
     """``fn(the sqlite3 connection)`` on the thread aiosqlite keeps for ``conn``, in one hop.
 
-    Every aiosqlite call is a round trip to that thread (about 80 us); a batch write that
-    runs several statements saves one per statement this way. aiosqlite has no public call
+    Every aiosqlite call is a round trip to that thread; a batch write that runs several
+    statements saves one per statement this way. aiosqlite has no public call
     for it: ``_execute`` is how its own methods queue work on the thread.
     """
     return await conn._execute(fn, conn._conn)

@@ -86,7 +86,7 @@ class SqliteSink(SqliteDatabaseSink[Sequence[Row]]):
     async def write(self, connection: aiosqlite.Connection, batch: list[Sequence[Row]]) -> None:
         # The DDL runs in every batch's transaction: remembering that the table exists would be
         # wrong after a rolled-back first batch, and IF NOT EXISTS costs one lookup per batch.
-        # All of it in one hop to aiosqlite's thread (each hop costs about 80 us).
+        # All of it in one hop to aiosqlite's thread (each hop is a round trip between threads).
         ddl, insert = self._ddl(), self._insert
 
         def write(db: sqlite3.Connection) -> None:

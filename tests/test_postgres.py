@@ -16,8 +16,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from indexer import ConfigurationError, IndexerExecutor, ProgressStoreError, WorkerPool
-from indexer.cli.build import build_store
 from indexer.cli.config import Config, ProgressConfig, load_config
+from indexer.cli.stores import build_store
 from indexer.progress import MemoryProgressStore, PostgresProgressStore, SqliteProgressStore
 from indexer.sources import MemorySource, SyntheticSource
 from reducers import PostgresSink

@@ -8,72 +8,27 @@ at least 1, got 0``).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from ..claims import ClaimStore
 from ..errors import ConfigurationError
 from ..executor import IndexerExecutor
 from ..pipeline import WorkerPool
-from ..progress import FileProgressStore, MemoryProgressStore, ProgressStore
+from ..progress import ProgressStore
 from ..reducer import Reducer
 from ..sources import CheckpointSource, LocalDirectorySource, SyntheticSource
 from ..worker import Worker
-from .config import Config, PipelineConfig, config_origin, import_object, resolve_path
+from .config import Config, PipelineConfig, import_object
+from .stores import build_store, named, resolve_path
 
-__all__ = ["build_claim_store", "build_executor", "build_pool", "build_source", "build_store"]
+__all__ = ["build_executor", "build_pool", "build_source"]
 
 T = TypeVar("T")
-
-
-@contextmanager
-def _named(config: Config, prefix: str) -> Iterator[None]:
-    """Report a ConfigurationError raised inside under the file and the key ``prefix``."""
-    try:
-        yield
-    except ConfigurationError as exc:
-        raise exc.at(config_origin(config), prefix) from None
-
-
-def build_store(config: Config) -> ProgressStore:
-    """The progress store named by ``progress.store``."""
-    spec = config.progress.spec
-    if spec.kind == "memory":
-        return MemoryProgressStore()
-    if spec.kind == "file":
-        return FileProgressStore(spec.path)
-    if spec.kind == "sqlite":
-        from ..progress import SqliteProgressStore
-
-        return SqliteProgressStore(spec.path)
-    from ..progress import PostgresProgressStore
-
-    with _named(config, "progress"):
-        return PostgresProgressStore(spec.target, schema=config.progress.schema or "public")
-
-
-def build_claim_store(config: Config) -> ClaimStore:
-    """The claim store of a scaled-out job, in the progress store's database."""
-    spec = config.progress.spec
-    if spec.kind == "sqlite":
-        from ..claims import SqliteClaimStore
-
-        return SqliteClaimStore(spec.path)
-    if spec.kind == "postgresql":
-        from ..claims import PostgresClaimStore
-
-        with _named(config, "progress"):
-            return PostgresClaimStore(spec.target, schema=config.progress.schema or "public")
-    raise ConfigurationError(
-        f"{config_origin(config)}: scale-out needs an SQLite or PostgreSQL store, got {spec}"
-    )
 
 
 def build_source(config: Config) -> CheckpointSource:
     """The checkpoint source ``[source]`` describes."""
     source = config.source
-    with _named(config, "source"):
+    with named(config, "source"):
         if source.kind == "synthetic":
             return SyntheticSource(
                 seed=source.seed, count=source.count, batch_size=source.batch_size
@@ -104,7 +59,7 @@ def _instantiate(cls: Any, options: dict[str, Any], where: str, base: type[T]) -
 
 def build_pool(config: Config, name: str, pipeline: PipelineConfig) -> WorkerPool[Any, Any]:
     """One pipeline's WorkerPool, with its worker and reducer imported and constructed."""
-    key = f"{config_origin(config)}: pipelines.{name}"
+    key = f"{config.origin}: pipelines.{name}"
     worker_cls = import_object(pipeline.worker, f"{key}.worker")
     worker = _instantiate(worker_cls, pipeline.options, f"{key}.worker", Worker)
     reducer = None
@@ -114,9 +69,9 @@ def build_pool(config: Config, name: str, pipeline: PipelineConfig) -> WorkerPoo
         reducer = _instantiate(reducer_cls, spec.options, f"{key}.reducer", Reducer)
         for limit, value in spec.limits().items():  # unset: the reducer's own
             setattr(reducer, limit, value)
-        with _named(config, f"pipelines.{name}.reducer"):
+        with named(config, f"pipelines.{name}.reducer"):
             reducer.validate()
-    with _named(config, f"pipelines.{name}"):
+    with named(config, f"pipelines.{name}"):
         return WorkerPool(
             worker,
             name=name,
@@ -135,7 +90,7 @@ def build_executor(
 ) -> IndexerExecutor:
     """An executor with the selected pipelines (``run.pipelines``, or all) registered."""
     if not config.pipelines:
-        raise ConfigurationError(f"{config_origin(config)}: no [pipelines.NAME] configured")
+        raise ConfigurationError(f"{config.origin}: no [pipelines.NAME] configured")
     executor = IndexerExecutor(store or build_store(config), handle_signals=handle_signals)
     selected = config.run.pipelines or list(config.pipelines)
     for name in selected:

@@ -19,12 +19,11 @@ import re
 import tomllib
 import typing
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import msgspec
 
-from .._dsn import is_postgres, mask_dsn
+from .._dsn import mask_dsn
 from .._loop import EventLoopName
 from ..chunked.runner import ChunkedRunner, check_chunking
 from ..errors import ConfigurationError
@@ -32,6 +31,7 @@ from ..executor import check_range
 from ..pipeline import WorkerPool
 from ..retry import RetryPolicy
 from ..sources import LocalDirectorySource, SyntheticSource
+from .stores import StoreSpec
 
 __all__ = [
     "Config",
@@ -43,7 +43,6 @@ __all__ = [
     "RunConfig",
     "ScaleConfig",
     "SourceConfig",
-    "StoreSpec",
     "import_object",
     "load_config",
 ]
@@ -69,52 +68,6 @@ class SourceConfig(_Section):
     delete_below_watermark: bool = _default(LocalDirectorySource, "delete_below_watermark")
     seed: int = _default(SyntheticSource, "seed")
     count: int | None = _default(SyntheticSource, "count")
-
-
-class StoreSpec(NamedTuple):
-    """A parsed ``progress.store`` (or ``scale.claims``): its kind and its path or DSN."""
-
-    kind: Literal["memory", "sqlite", "file", "postgresql"]
-    #: The file of a ``sqlite:`` or ``file:`` store, the DSN of a PostgreSQL one, else "".
-    target: str
-
-    @classmethod
-    def parse(cls, text: str) -> StoreSpec:
-        """``memory``, ``sqlite:PATH``, ``file:PATH`` or a ``postgresql://`` DSN."""
-        if text == "memory":
-            return cls("memory", "")
-        if is_postgres(text):
-            return cls("postgresql", text)
-        kind, sep, path = text.partition(":")
-        if sep and path and kind in ("sqlite", "file"):
-            return cls("sqlite" if kind == "sqlite" else "file", path)
-        raise ConfigurationError(
-            f"must be 'sqlite:PATH', 'file:PATH', 'memory' or a postgresql:// DSN, "
-            f"got {mask_dsn(text)!r}",
-            key="store",
-        )
-
-    @property
-    def path(self) -> Path:
-        """The file of a ``sqlite:`` or ``file:`` store (``~`` expanded)."""
-        return resolve_path(self.target)
-
-    @property
-    def holds_claims(self) -> bool:
-        """Whether its database can hold a scaled-out job's claims (SQLite, PostgreSQL)."""
-        return self.kind in ("sqlite", "postgresql")
-
-    def exists(self) -> bool:
-        """Whether the store holds anything yet (without creating it)."""
-        if self.kind in ("sqlite", "file"):
-            return self.path.exists()
-        return self.kind != "memory"
-
-    def __str__(self) -> str:
-        """As written, the DSN's password masked."""
-        if self.kind == "memory":
-            return "memory"
-        return mask_dsn(self.target) if self.kind == "postgresql" else f"{self.kind}:{self.target}"
 
 
 class ProgressConfig(_Section):
@@ -212,6 +165,11 @@ class Config(_Section):
     pipelines: dict[str, PipelineConfig] = msgspec.field(default_factory=dict)
     #: The file this came from (not a TOML key); relative paths in it are relative to the cwd.
     path: str | None = None
+
+    @property
+    def origin(self) -> str:
+        """What errors about this config name: its file, or "configuration"."""
+        return self.path or "configuration"
 
 
 _MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
@@ -399,11 +357,3 @@ def import_object(spec: str, where: str) -> Any:
                 f"{where}: {module_name!r} has no attribute {attribute!r}"
             ) from None
     return target
-
-
-def config_origin(config: Config) -> str:
-    return config.path or "configuration"
-
-
-def resolve_path(value: str) -> Path:
-    return Path(value).expanduser()

@@ -15,8 +15,9 @@ from .._loop import loop_factory, run_on
 from ..errors import IndexerError
 from ..executor import IndexerExecutor
 from ..metrics import serve_metrics
-from .build import build_claim_store, build_executor, build_source, build_store
+from .build import build_executor, build_source
 from .config import Config
+from .stores import build_claim_store, build_store
 
 log = structlog.get_logger("indexer")
 

@@ -13,8 +13,9 @@ from typing import Any
 
 from ..claims import ChunkLayout, ChunkState, ClaimStore
 from ..errors import ConfigurationError
-from .build import build_claim_store, build_source, build_store
+from .build import build_source
 from .config import Config
+from .stores import build_claim_store, build_store
 
 __all__ = ["render_status", "reset_pipeline", "status_report"]
 

@@ -3,8 +3,8 @@
 Checkpoints wait in a ``ReadyQueue``, lowest sequence number first, so dispatch is in sequence
 order and a checkpoint coming back from a long ``Retry`` goes ahead of newer ones. The tasks are
 plain named tasks, ``concurrency`` of them for the whole run: a task per checkpoint would cost
-a spawn each (about 6 us with asyncio-pool), and a pool that bounds spawned coroutines has
-nothing to bound when the number of tasks is fixed. Failures are retried per the RetryPolicy
+a spawn each, and a pool that bounds spawned coroutines has nothing to bound when the number
+of tasks is fixed (ARCHITECTURE.md, Dependencies). Failures are retried per the RetryPolicy
 with cancellable sleeps.
 """
 

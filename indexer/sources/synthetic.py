@@ -40,7 +40,7 @@ class SyntheticSource(CheckpointSource):
     own. Each checkpoint holds 1-20 transactions (mean ~8) with 0-4 events each, of five weighted
     event types; senders come from a skewed pool of 500 addresses. Measured with
     ``encode_checkpoint`` over checkpoints 0-999 of seeds 0-4: mean encoded size 2,038-2,117
-    bytes (range 174-6,041), ~8.1 transactions and ~11 events each; ~90 us to generate one.
+    bytes (range 174-6,041), ~8.1 transactions and ~11 events each.
     """
 
     def __init__(
