@@ -6,7 +6,7 @@ turns a ``JobView`` of them into Prometheus metric families only when scraped.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
@@ -19,12 +19,56 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from .stats import Histogram, JobView
+from .stats import Histogram, JobView, PipelineView
 
 __all__ = ["IndexerCollector", "serve_metrics"]
 
 #: Seconds a scrape waits for the job's event loop to build a consistent exposition.
 CONSISTENT_WAIT = 2.0
+
+#: One sample per pipeline: (family, name, help, how to read it off the pipeline's view).
+_PER_PIPELINE: tuple[tuple[Any, str, str, Callable[[PipelineView], float]], ...] = (
+    (
+        CounterMetricFamily,
+        "indexer_checkpoints_processed",
+        "Checkpoints whose process_checkpoint call succeeded.",
+        lambda view: view.stats.processed,
+    ),
+    (
+        CounterMetricFamily,
+        "indexer_retries",
+        "Failed process_checkpoint calls retried.",
+        lambda view: view.stats.retries,
+    ),
+    (
+        CounterMetricFamily,
+        "indexer_dead_letters",
+        "Checkpoints skipped after their attempts ran out.",
+        lambda view: view.stats.dead_letters,
+    ),
+    (
+        GaugeMetricFamily,
+        "indexer_watermark",
+        "The next checkpoint the pipeline has not committed.",
+        lambda view: view.watermark,
+    ),
+    (
+        GaugeMetricFamily,
+        "indexer_inflight_checkpoints",
+        "Checkpoints read but not yet committed (the in-flight window).",
+        lambda view: view.inflight,
+    ),
+)
+#: Histograms per pipeline: (name, help, the PipelineStats attribute).
+_HISTOGRAMS = (
+    (
+        "indexer_checkpoint_processing_seconds",
+        "Time spent in one successful process_checkpoint call.",
+        "processing_seconds",
+    ),
+    ("indexer_commit_seconds", "Time one successful reducer commit took.", "commit_seconds"),
+    ("indexer_reducer_batch_messages", "Messages in each committed batch.", "batch_messages"),
+)
 
 
 class IndexerCollector(Collector):
@@ -60,83 +104,26 @@ class IndexerCollector(Collector):
     def _families(self) -> Iterator[Metric]:
         feed = self.job.feed
         views = list(self.job.pipelines.values())
-        names = [view.name for view in views]
-
-        def per_pipeline(family: Any, values: Iterable[float]) -> Any:
-            for name, value in zip(names, values, strict=True):
-                family.add_metric([name], value)
-            return family
-
-        stats = [view.stats for view in views]
-        yield per_pipeline(
-            CounterMetricFamily(
-                "indexer_checkpoints_processed",
-                "Checkpoints whose process_checkpoint call succeeded.",
-                labels=["pipeline"],
-            ),
-            (s.processed for s in stats),
-        )
-        yield per_pipeline(
-            CounterMetricFamily(
-                "indexer_retries", "Failed process_checkpoint calls retried.", labels=["pipeline"]
-            ),
-            (s.retries for s in stats),
-        )
-        yield per_pipeline(
-            CounterMetricFamily(
-                "indexer_dead_letters",
-                "Checkpoints skipped after their attempts ran out.",
-                labels=["pipeline"],
-            ),
-            (s.dead_letters for s in stats),
-        )
+        for family_type, name, doc, read in _PER_PIPELINE:
+            family = family_type(name, doc, labels=["pipeline"])
+            for view in views:
+                family.add_metric([view.name], read(view))
+            yield family
         batches = CounterMetricFamily(
             "indexer_reducer_batches",
             "Reducer commits, by outcome.",
             labels=["pipeline", "outcome"],
         )
-        for name, s in zip(names, stats, strict=True):
-            batches.add_metric([name, "committed"], s.batches_committed)
-            batches.add_metric([name, "failed"], s.batches_failed)
+        for view in views:
+            batches.add_metric([view.name, "committed"], view.stats.batches_committed)
+            batches.add_metric([view.name, "failed"], view.stats.batches_failed)
         yield batches
-        for metric, doc, attribute in (
-            (
-                "indexer_checkpoint_processing_seconds",
-                "Time spent in one successful process_checkpoint call.",
-                "processing_seconds",
-            ),
-            (
-                "indexer_commit_seconds",
-                "Time one successful reducer commit took.",
-                "commit_seconds",
-            ),
-            (
-                "indexer_reducer_batch_messages",
-                "Messages in each committed batch.",
-                "batch_messages",
-            ),
-        ):
-            family = HistogramMetricFamily(metric, doc, labels=["pipeline"])
-            for name, s in zip(names, stats, strict=True):
-                histogram: Histogram = getattr(s, attribute)
-                family.add_metric([name], histogram.cumulative(), sum_value=histogram.sum)
+        for name, doc, attribute in _HISTOGRAMS:
+            family = HistogramMetricFamily(name, doc, labels=["pipeline"])
+            for view in views:
+                histogram: Histogram = getattr(view.stats, attribute)
+                family.add_metric([view.name], histogram.cumulative(), sum_value=histogram.sum)
             yield family
-        yield per_pipeline(
-            GaugeMetricFamily(
-                "indexer_watermark",
-                "The next checkpoint the pipeline has not committed.",
-                labels=["pipeline"],
-            ),
-            (view.watermark for view in views),
-        )
-        yield per_pipeline(
-            GaugeMetricFamily(
-                "indexer_inflight_checkpoints",
-                "Checkpoints read but not yet committed (the in-flight window).",
-                labels=["pipeline"],
-            ),
-            (view.inflight for view in views),
-        )
         latest = feed.latest if feed.latest is not None else feed.last_read
         if latest is not None:
             yield GaugeMetricFamily(
@@ -144,14 +131,14 @@ class IndexerCollector(Collector):
                 "The newest checkpoint the feed holds.",
                 value=latest,
             )
-            yield per_pipeline(
-                GaugeMetricFamily(
-                    "indexer_lag_checkpoints",
-                    "Checkpoints in the feed above the pipeline's watermark.",
-                    labels=["pipeline"],
-                ),
-                (max(0, latest + 1 - view.watermark) for view in views),
+            lag = GaugeMetricFamily(
+                "indexer_lag_checkpoints",
+                "Checkpoints in the feed above the pipeline's watermark.",
+                labels=["pipeline"],
             )
+            for view in views:
+                lag.add_metric([view.name], max(0, latest + 1 - view.watermark))
+            yield lag
         yield CounterMetricFamily(
             "indexer_feed_bytes", "Encoded checkpoint bytes read from the feed.", feed.bytes_read
         )

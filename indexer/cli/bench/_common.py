@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,11 @@ __all__ = [
     "Noop",
     "RenumberedSource",
     "Result",
-    "best_of",
+    "best_interleaved",
     "checkpoints",
     "cpu_count",
+    "seconds",
     "templates",
-    "timed",
     "write_bench_feed",
 ]
 
@@ -95,16 +95,19 @@ def write_bench_feed(directory: Path, count: int) -> None:
             path.write_bytes(encode(replace(base[n % len(base)], sequence_number=n)))
 
 
-def best_of(rounds: int, run: Callable[[], float]) -> float:
-    """The smallest of ``rounds`` timings (the least disturbed by a shared machine)."""
-    times = []
+def best_interleaved(rounds: int, sides: dict[str, Callable[[], float]]) -> dict[str, float]:
+    """Each side's smallest timing (the least disturbed by a shared machine) over ``rounds``
+    rounds that run every side in turn, so that a noisy moment hits them all."""
+    best = dict.fromkeys(sides, float("inf"))
     for _ in range(rounds):
-        gc.collect()
-        times.append(run())
-    return min(times)
+        for name, run in sides.items():
+            gc.collect()
+            best[name] = min(best[name], run())
+    return best
 
 
-async def timed(awaitable: Awaitable[Any]) -> float:
+def seconds(run: Callable[[], Any]) -> float:
+    """How long ``run()`` took."""
     started = time.perf_counter()
-    await awaitable
+    run()
     return time.perf_counter() - started

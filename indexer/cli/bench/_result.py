@@ -23,6 +23,21 @@ class Result:
     higher_is_better: bool = True
     limit: float | None = None  # an absolute ceiling on the figure, where one applies
 
+    @classmethod
+    def throughput(
+        cls,
+        scenario: str,
+        count: float,
+        seconds: float,
+        reference_seconds: float,
+        *,
+        unit: str = "checkpoints/s",
+        bar: float | None,
+        details: dict[str, Any],
+    ) -> Result:
+        """``count`` items in ``seconds`` beside the reference's ``reference_seconds``."""
+        return cls(scenario, count / seconds, count / reference_seconds, unit, bar, details)
+
     @property
     def ratio(self) -> float:
         if not self.reference:

@@ -15,7 +15,7 @@ from ...executor import IndexerExecutor
 from ...pipeline import WorkerPool
 from ...progress import MemoryProgressStore
 from ...sources import MemorySource
-from ._common import Noop, Result, best_of, checkpoints
+from ._common import Noop, Result, best_interleaved, checkpoints, seconds
 
 CONCURRENCY = 64
 
@@ -49,36 +49,30 @@ def run(quick: bool, event_loop: str = "auto") -> list[Result]:
     items = checkpoints(count)
     source = MemorySource(items)
 
-    def seconds(make: Any) -> float:
-        import time
-
-        started = time.perf_counter()
-        run_on(event_loop, make())
-        return time.perf_counter() - started
-
-    bare = framework_timed = framework_untimed = float("inf")
-    for _ in range(rounds):  # interleaved, so that a noisy moment hits both sides
-        bare = min(bare, best_of(1, lambda: seconds(lambda: bare_queue(items, CONCURRENCY))))
-        framework_timed = min(
-            framework_timed, best_of(1, lambda: seconds(lambda: framework(source, CONCURRENCY)))
-        )
-        framework_untimed = min(
-            framework_untimed,
-            best_of(1, lambda: seconds(lambda: framework(source, CONCURRENCY, timing=False))),
-        )
+    best = best_interleaved(
+        rounds,
+        {
+            "bare": lambda: seconds(lambda: run_on(event_loop, bare_queue(items, CONCURRENCY))),
+            "timed": lambda: seconds(lambda: run_on(event_loop, framework(source, CONCURRENCY))),
+            "untimed": lambda: seconds(
+                lambda: run_on(event_loop, framework(source, CONCURRENCY, timing=False))
+            ),
+        },
+    )
+    framework_timed, bare = best["timed"], best["bare"]
     return [
-        Result(
+        Result.throughput(
             "dispatch",
-            figure=count / framework_timed,
-            reference=count / bare,
-            unit="checkpoints/s",
+            count,
+            framework_timed,
+            bare,
             bar=0.5,
             details={
                 "count": count,
                 "concurrency": CONCURRENCY,
                 "us_per_checkpoint": round(framework_timed / count * 1e6, 2),
                 "bare_us_per_checkpoint": round(bare / count * 1e6, 2),
-                "metrics_timing_cost": round(framework_timed / framework_untimed - 1, 3),
+                "metrics_timing_cost": round(framework_timed / best["untimed"] - 1, 3),
             },
         )
     ]

@@ -11,7 +11,6 @@ checkpoints while the last ``WINDOW`` stay alive.
 from __future__ import annotations
 
 import collections
-import gc
 import time
 from typing import Any
 
@@ -19,7 +18,7 @@ import msgspec
 
 from ..._gc import tuned_gc
 from ...checkpoint import Checkpoint, encode_checkpoint
-from ._common import Result, templates
+from ._common import Result, best_interleaved, templates
 
 WINDOW = 8192
 
@@ -59,21 +58,26 @@ def run(quick: bool, event_loop: str = "auto") -> list[Result]:
     blobs = [distinct[n % len(distinct)] for n in range(count)]
     tracked = msgspec.msgpack.Decoder(_TrackedCheckpoint)
     untracked = msgspec.msgpack.Decoder(Checkpoint)
-    default = framework = untuned = float("inf")
-    for _ in range(rounds):  # interleaved, so that a noisy moment hits both sides
-        gc.collect()
-        default = min(default, _decode_all(tracked, blobs, WINDOW))
-        gc.collect()
-        untuned = min(untuned, _decode_all(untracked, blobs, WINDOW))
-        gc.collect()
+
+    def tuned() -> float:
         with tuned_gc():
-            framework = min(framework, _decode_all(untracked, blobs, WINDOW))
+            return _decode_all(untracked, blobs, WINDOW)
+
+    best = best_interleaved(
+        rounds,
+        {
+            "default": lambda: _decode_all(tracked, blobs, WINDOW),
+            "untuned": lambda: _decode_all(untracked, blobs, WINDOW),
+            "framework": tuned,
+        },
+    )
+    default, framework, untuned = best["default"], best["framework"], best["untuned"]
     return [
-        Result(
+        Result.throughput(
             "gc-window",
-            figure=count / framework,
-            reference=count / default,
-            unit="checkpoints/s",
+            count,
+            framework,
+            default,
             bar=1.0,
             details={
                 "window": WINDOW,

@@ -7,6 +7,7 @@ COPY and watermark upsert per batch."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 import tempfile
 import time
@@ -18,10 +19,11 @@ from ..._loop import run_on
 from ...checkpoint import Checkpoint
 from ...executor import IndexerExecutor
 from ...pipeline import WorkerPool
-from ...progress import PostgresProgressStore, SqliteProgressStore
+from ...progress import PostgresProgressStore, ProgressStore, SqliteProgressStore
+from ...reducer import Reducer
 from ...sources import MemorySource
 from ...worker import Worker
-from ._common import Result, checkpoints
+from ._common import Result, best_interleaved, checkpoints
 
 BATCH = 500  # checkpoints per commit (about 4,000 rows)
 
@@ -77,12 +79,11 @@ def bare_sqlite(path: Path, rows: list[list[tuple[Any, ...]]]) -> float:
     return elapsed
 
 
-async def framework_sqlite(path: Path, items: list[Checkpoint], rows: list[Any]) -> float:
-    from reducers import SqliteSink
-
-    store = SqliteProgressStore(path)
+async def framework(
+    store: ProgressStore, sink: Reducer[Any], items: list[Checkpoint], rows: list[Any]
+) -> float:
+    """The pipeline writing the precomputed rows through ``sink`` into ``store``'s database."""
     executor = IndexerExecutor(store, handle_signals=False)
-    sink = SqliteSink("t", _columns(), max_batch_size=BATCH, max_batch_age=60)
     executor.register(WorkerPool(Precomputed(rows), concurrency=8, reducer=sink))
     source = MemorySource(items)  # encodes each checkpoint once for its size: not timed
     started = time.perf_counter()
@@ -90,6 +91,13 @@ async def framework_sqlite(path: Path, items: list[Checkpoint], rows: list[Any])
     elapsed = time.perf_counter() - started
     assert result["rows"] == len(items), result
     return elapsed
+
+
+async def framework_sqlite(path: Path, items: list[Checkpoint], rows: list[Any]) -> float:
+    from reducers import SqliteSink
+
+    sink = SqliteSink("t", _columns(), max_batch_size=BATCH, max_batch_age=60)
+    return await framework(SqliteProgressStore(path), sink, items, rows)
 
 
 async def bare_postgres(dsn: str, schema: str, rows: list[list[tuple[Any, ...]]]) -> float:
@@ -126,16 +134,8 @@ async def framework_postgres(
 ) -> float:
     from reducers import PostgresSink
 
-    store = PostgresProgressStore(dsn, schema=schema)
-    executor = IndexerExecutor(store, handle_signals=False)
     sink = PostgresSink(table, _columns(), schema=schema, max_batch_size=BATCH, max_batch_age=60)
-    executor.register(WorkerPool(Precomputed(rows), concurrency=8, reducer=sink))
-    source = MemorySource(items)  # encodes each checkpoint once for its size: not timed
-    started = time.perf_counter()
-    result = await executor.run(source)
-    elapsed = time.perf_counter() - started
-    assert result["rows"] == len(items), result
-    return elapsed
+    return await framework(PostgresProgressStore(dsn, schema=schema), sink, items, rows)
 
 
 async def _postgres_rounds(
@@ -167,19 +167,24 @@ def run(quick: bool, postgres_dsn: str | None = None, event_loop: str = "auto") 
     rows = transaction_rows(items)
     total_rows = sum(map(len, rows))
     details = {"checkpoints": count, "rows": total_rows, "checkpoints_per_batch": BATCH}
-    bare = framework = float("inf")
     with tempfile.TemporaryDirectory(prefix="indexer-bench-") as tmp:
-        for round_ in range(rounds):
-            bare = min(bare, bare_sqlite(Path(tmp) / f"bare-{round_}.db", rows))
-            framework = min(
-                framework,
-                run_on(event_loop, framework_sqlite(Path(tmp) / f"fw-{round_}.db", items, rows)),
-            )
+        fresh = itertools.count()  # every round writes a database of its own
+        best = best_interleaved(
+            rounds,
+            {
+                "bare": lambda: bare_sqlite(Path(tmp) / f"bare-{next(fresh)}.db", rows),
+                "framework": lambda: run_on(
+                    event_loop, framework_sqlite(Path(tmp) / f"fw-{next(fresh)}.db", items, rows)
+                ),
+            },
+        )
+    bare, framework_seconds = best["bare"], best["framework"]
     results = [
-        Result(
+        Result.throughput(
             "reducer-sqlite",
-            figure=total_rows / framework,
-            reference=total_rows / bare,
+            total_rows,
+            framework_seconds,
+            bare,
             unit="rows/s",
             bar=0.7,
             details={**details, "reference": "executemany + commit per batch"},
@@ -190,10 +195,11 @@ def run(quick: bool, postgres_dsn: str | None = None, event_loop: str = "auto") 
             event_loop, _postgres_rounds(postgres_dsn, rounds, items, rows)
         )
         results.append(
-            Result(
+            Result.throughput(
                 "reducer-postgres",
-                figure=total_rows / pg_framework,
-                reference=total_rows / pg_bare,
+                total_rows,
+                pg_framework,
+                pg_bare,
                 unit="rows/s",
                 bar=0.7,
                 details={**details, "reference": "asyncpg COPY + commit per batch"},
