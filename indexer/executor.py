@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ._gc import tuned_gc
 from ._log import log
-from ._signals import stop_signals
+from ._signals import TwoSignalStop
 from .checkpoint import CheckpointDecoder
 from .errors import ConfigurationError, ShutdownAborted
 from .pipeline import PipelineRun, WorkerPool
 from .progress import MemoryProgressStore, ProgressStore
-from .sources import CheckpointSource
+from .sources import CheckpointSource, SourcedBatch
 from .stats import FeedStats, JobView
 
 __all__ = ["IndexerExecutor", "check_range", "poll_feed"]
@@ -67,8 +68,9 @@ class IndexerExecutor:
         self.job = job if job is not None else JobView()
         self._pools: dict[str, WorkerPool[Any, Any]] = {}
         self._stop: asyncio.Event | None = None  # created inside run (needs a running loop)
-        self._signals = 0
-        self._main: asyncio.Task[Any] | None = None
+        self._signals = TwoSignalStop(
+            "stopping: finishing in-flight work (signal again to abort)", self.request_stop
+        )
 
     @property
     def pools(self) -> list[WorkerPool[Any, Any]]:
@@ -106,14 +108,11 @@ class IndexerExecutor:
         opened_here = not store.is_open
         await store.open()
         self._stop = asyncio.Event()
-        self._signals = 0
-        self._main = asyncio.current_task()
         self.job.loop = asyncio.get_running_loop()
         try:
-            with stop_signals(self._on_signal, self.handle_signals), tuned_gc(self.tune_gc):
+            with self._signals.handling(self.handle_signals), tuned_gc(self.tune_gc):
                 return await self._run(source, decoder, pools, first_checkpoint, last_checkpoint)
         finally:
-            self._main = None
             if opened_here:
                 await store.close()
 
@@ -180,7 +179,7 @@ class IndexerExecutor:
         except asyncio.CancelledError:
             for run in started:
                 await run.abort()
-            if self._signals >= 2:
+            if self._signals.aborted:
                 marks = {**starts, **{run.name: run.watermark for run in runs}}
                 log.warning("aborted by a second signal", watermarks=marks)
                 raise ShutdownAborted("aborted by a second stop signal") from None
@@ -199,7 +198,12 @@ class IndexerExecutor:
     ) -> dict[str, int]:
         """Read until done or stopped, then end every run; their saved watermarks."""
         assert self._stop is not None
-        reader = asyncio.create_task(self._read(source, decoder, runs, start, last), name="reader")
+        stream = (
+            source.stream(start, decoder)
+            if last is None
+            else source.stream_to(start, last, decoder)
+        )
+        reader = asyncio.create_task(self._read(stream, runs, last), name="reader")
         stopper = asyncio.create_task(self._stop.wait(), name="stop")
         pruner = asyncio.create_task(self._prune(source, runs), name="prune")
         poller = asyncio.create_task(self._poll_feed(source), name="feed")
@@ -239,18 +243,9 @@ class IndexerExecutor:
         return watermarks
 
     async def _read(
-        self,
-        source: CheckpointSource,
-        decoder: CheckpointDecoder[Any],
-        runs: list[PipelineRun],
-        start: int,
-        last: int | None,
+        self, stream: AsyncIterator[SourcedBatch], runs: list[PipelineRun], last: int | None
     ) -> None:
-        stream = (
-            source.stream(start, decoder)
-            if last is None
-            else source.stream_to(start, last, decoder)
-        )
+        """Hand every pipeline each checkpoint of ``stream`` up to ``last``."""
         feed = self.job.feed
         async with contextlib.aclosing(stream):  # type: ignore[type-var]
             async for batch in stream:
@@ -296,14 +291,6 @@ class IndexerExecutor:
 
     def _on_halt(self, run: PipelineRun) -> None:
         self.request_stop()
-
-    def _on_signal(self, signum: int) -> None:
-        self._signals += 1
-        if self._signals == 1:
-            log.info("stopping: finishing in-flight work (signal again to abort)", signal=signum)
-            self.request_stop()
-        elif self._main is not None:
-            self._main.cancel()
 
 
 async def poll_feed(source: CheckpointSource, feed: FeedStats, interval: float) -> None:

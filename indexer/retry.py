@@ -11,13 +11,21 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
+from ._log import log
 from .errors import ConfigurationError, IndexerError
 
-__all__ = ["STORE_WRITE_RETRY", "RetryAbandoned", "RetryPolicy", "retry", "sleep_unless_set"]
+__all__ = [
+    "STORE_WRITE_RETRY",
+    "RetryAbandoned",
+    "RetryPolicy",
+    "logged_retry",
+    "retry",
+    "sleep_unless_set",
+]
 
 T = TypeVar("T")
 
@@ -111,6 +119,16 @@ async def retry(
                 await asyncio.sleep(delay)
             elif not await sleep_unless_set(stop, delay):
                 raise RetryAbandoned(f"gave up retrying at shutdown: {exc!r}") from exc
+
+
+def logged_retry(event: str, **fields: Any) -> Callable[[int, Exception, float], None]:
+    """An ``on_retry`` for ``retry`` that logs each failure as a warning: ``event`` with
+    ``fields``, the attempt, the delay before the next and the error."""
+
+    def on_retry(attempt: int, exc: Exception, delay: float) -> None:
+        log.warning(event, **fields, attempt=attempt, delay=round(delay, 3), error=repr(exc))
+
+    return on_retry
 
 
 async def sleep_unless_set(event: asyncio.Event, delay: float) -> bool:

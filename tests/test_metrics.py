@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from typing import Any
 
 from prometheus_client.core import Metric
@@ -14,11 +16,22 @@ from indexer.testing import RecordingReducer, make_checkpoints
 
 
 class Yielding(Worker[Checkpoint, int]):
-    """Gives the loop a turn in every call, so that scrapes land amid the work."""
+    """Gives the loop a turn in every call, so that scrapes land amid the work; at every
+    ``hold_every``-th checkpoint it waits until ``scraped`` is set again (by a scrape), so that
+    scrapes land mid-run however the threads are scheduled."""
+
+    def __init__(self, hold_every: int = 0) -> None:
+        self.hold_every = hold_every
+        self.scraped = threading.Event()
 
     async def process_checkpoint(self, checkpoint: Checkpoint) -> int:
+        n = checkpoint.sequence_number
+        if self.hold_every and n and n % self.hold_every == 0:
+            self.scraped.clear()
+            while not self.scraped.is_set():
+                await asyncio.sleep(0.001)
         await asyncio.sleep(0)
-        return checkpoint.sequence_number
+        return n
 
 
 def values(families: list[Metric]) -> dict[str, float]:
@@ -35,14 +48,18 @@ async def test_a_scrape_from_another_thread_sees_one_moment_of_the_run() -> None
     count = 20_000
     executor = IndexerExecutor(handle_signals=False, tune_gc=False)
     reducer = RecordingReducer(max_batch_size=7, max_batch_age=None)
-    executor.register(WorkerPool(Yielding(), name="p", concurrency=8, reducer=reducer))
+    worker = Yielding(hold_every=4000)
+    executor.register(WorkerPool(worker, name="p", concurrency=8, reducer=reducer))
     collector = IndexerCollector(executor.job)
     running = asyncio.create_task(executor.run(MemorySource(make_checkpoints(count))))
 
     def scrape_while_it_runs() -> list[dict[str, float]]:
+        while executor.job.loop is None:  # until the run started (before, nothing moves)
+            time.sleep(0.001)
         scrapes = []
         while not running.done() and len(scrapes) < 2000:
             scrapes.append(values(list(collector.collect())))
+            worker.scraped.set()
         return scrapes
 
     scrapes = await asyncio.to_thread(scrape_while_it_runs)

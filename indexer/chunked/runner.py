@@ -19,13 +19,13 @@ from typing import Any
 
 from .._gc import tuned_gc
 from .._log import log
-from .._signals import stop_signals
+from .._signals import TwoSignalStop
 from ..claims import ChunkLayout, Claim, ClaimStore
 from ..errors import ConfigurationError, FencingError, ShutdownAborted
 from ..executor import IndexerExecutor, check_range, poll_feed
 from ..pipeline import WorkerPool
 from ..progress import ProgressStore
-from ..retry import RetryPolicy, retry, sleep_unless_set
+from ..retry import RetryPolicy, logged_retry, retry, sleep_unless_set
 from ..sources import CheckpointSource
 from ..stats import JobView
 from .progress import ChunkProgressStore
@@ -104,11 +104,14 @@ class ChunkedRunner:
         self.chunks_done = 0
         self.chunks_abandoned = 0
         self._stop = asyncio.Event()
-        self._signals = 0
+        self._signals = TwoSignalStop(
+            "stopping: finishing the chunk in hand (signal again to abort)",
+            self.request_stop,
+            forward=on_signal,
+        )
         self._current: IndexerExecutor | None = None
         self._ensured: dict[str, int] = {}  # chunk rows known to exist, per pipeline
         self._shared_source: CheckpointSource | None = None
-        self._main: asyncio.Task[Any] | None = None
 
     def request_stop(self) -> None:
         """Finish the chunk in hand gracefully (its progress is saved) and claim no more."""
@@ -120,7 +123,6 @@ class ChunkedRunner:
         """Work through the job until every chunk up to ``last`` is done (forever when ``last``
         is None) or until stopped; return each pipeline's watermark."""
         check_range(first, last)
-        self._main = asyncio.current_task()
         self.job.loop = asyncio.get_running_loop()
         poller: asyncio.Task[None] | None = None
         await self.progress_store.open()
@@ -130,7 +132,7 @@ class ChunkedRunner:
             poller = asyncio.create_task(
                 poll_feed(self._source(), self.job.feed, self.feed_poll_interval), name="feed"
             )
-            with stop_signals(self._on_signal, self.handle_signals), tuned_gc(self.tune_gc):
+            with self._signals.handling(self.handle_signals), tuned_gc(self.tune_gc):
                 while not self._stop.is_set():
                     progressed = False
                     for pool in self.pools:
@@ -146,11 +148,10 @@ class ChunkedRunner:
                 for name, layout in layouts.items()
             }
         except asyncio.CancelledError:
-            if self._signals >= 2:
+            if self._signals.aborted:
                 raise ShutdownAborted("aborted by a second stop signal") from None
             raise
         finally:
-            self._main = None
             if poller is not None:
                 poller.cancel()
                 await asyncio.gather(poller, return_exceptions=True)
@@ -274,8 +275,7 @@ class ChunkedRunner:
             max_attempts=MAX_RENEWAL_FAILURES,
         )
 
-        def failed(attempt: int, exc: Exception, delay: float) -> None:
-            log.warning("lease renewal failed", chunk=claim.chunk, error=repr(exc))
+        failed = logged_retry("lease renewal failed, retrying", chunk=claim.chunk)
 
         async def extend() -> Claim:
             return await self.claims.extend(claim, self.lease_ttl)
@@ -293,8 +293,7 @@ class ChunkedRunner:
             except FencingError as exc:
                 reason = str(exc)
             except Exception as exc:
-                log.warning("lease renewal failed", chunk=claim.chunk, error=repr(exc))
-                reason = f"{MAX_RENEWAL_FAILURES} renewals failed in a row"
+                reason = f"{MAX_RENEWAL_FAILURES} renewals failed in a row, the last: {exc!r}"
             log.warning("lease lost, abandoning the chunk", chunk=claim.chunk, reason=reason)
             lost.set()
             executor.request_stop()
@@ -338,15 +337,3 @@ class ChunkedRunner:
         return await self.progress_store.save(
             pipeline, await self._watermark(pipeline, layout, last)
         )
-
-    # -- signals --------------------------------------------------------------------------------
-
-    def _on_signal(self, signum: int) -> None:
-        if self.on_signal is not None:
-            self.on_signal(signum)
-        self._signals += 1
-        if self._signals == 1:
-            log.info("stopping: finishing the chunk in hand (signal again to abort)", signal=signum)
-            self.request_stop()
-        elif self._main is not None:
-            self._main.cancel()

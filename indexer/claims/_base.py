@@ -24,13 +24,14 @@ Rules shared by every store:
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Self
+from typing import Any
 
 import msgspec
 
+from .._resource import Openable
 from ..errors import FencingError
 
 Clock = Callable[[], float]
@@ -87,28 +88,13 @@ class ChunkLayout(msgspec.Struct, frozen=True):
         return (checkpoint - self.first) // self.chunk_size
 
 
-class ClaimStore(ABC):
+class ClaimStore(Openable):
     """Leases on chunks, their fenced progress and their completion; see the module docstring.
 
     ``open`` is idempotent and methods open the store lazily; ``async with store:`` closes it.
     """
 
     clock: Clock
-
-    @abstractmethod
-    async def open(self) -> None:
-        """Connect and create the tables (idempotent)."""
-
-    @abstractmethod
-    async def close(self) -> None:
-        """Release connections (idempotent)."""
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     @abstractmethod
     async def ensure_chunks(self, pipeline: str, count: int) -> None:

@@ -11,17 +11,8 @@ import asyncpg
 
 from .._dsn import mask_dsn
 from .._postgres import ERRORS, SharedPool, create_missing, quote_ident
-from ._base import (
-    ChunkLayout,
-    ChunkState,
-    Claim,
-    ClaimStore,
-    Clock,
-    check_chunk,
-    check_holder,
-    check_ttl,
-    chunk_bounds,
-)
+from . import _base
+from ._base import ChunkLayout, ChunkState, Claim, ClaimStore, Clock
 
 __all__ = ["PostgresClaimStore"]
 
@@ -125,8 +116,8 @@ class PostgresClaimStore(ClaimStore):
 
     async def claim(self, pipeline: str, chunk: int, owner: str, ttl: float) -> Claim | None:
         """Lease ``chunk`` to ``owner`` until now + ttl, or None if it is held or done."""
-        check_chunk(chunk)
-        ttl = check_ttl(ttl)
+        _base.check_chunk(chunk)
+        ttl = _base.check_ttl(ttl)
         now = self.clock()
         expires = now + ttl
         token = await self._db.run(
@@ -138,8 +129,8 @@ class PostgresClaimStore(ClaimStore):
         self, pipeline: str, owner: str, ttl: float, chunks: range | None = None
     ) -> Claim | None:
         """Claim the lowest available chunk (within ``chunks``), or None if none is available."""
-        ttl = check_ttl(ttl)
-        low, high = chunk_bounds(chunks)
+        ttl = _base.check_ttl(ttl)
+        low, high = _base.chunk_bounds(chunks)
         now = self.clock()
         expires = now + ttl
         row = await self._db.run(
@@ -150,7 +141,7 @@ class PostgresClaimStore(ClaimStore):
 
     async def extend(self, claim: Claim, ttl: float) -> Claim:
         """Renew the lease to now + ttl; ClaimLost / ClaimNotFound when it is not ours."""
-        ttl = check_ttl(ttl)
+        ttl = _base.check_ttl(ttl)
         sql = f"UPDATE {self._table} SET expires_at = $3 WHERE pipeline = $1 AND chunk = $2"
 
         async def extend(conn: asyncpg.Connection) -> float:
@@ -179,7 +170,7 @@ class PostgresClaimStore(ClaimStore):
     ) -> list[int]:
         """Up to ``limit`` claimable chunk rows (within ``chunks``), lowest first, skipping rows
         another transaction has locked."""
-        low, high = chunk_bounds(chunks)
+        low, high = _base.chunk_bounds(chunks)
         args = (pipeline, self.clock(), low, high, max(limit, 0))
         rows = await self._db.run(
             "find available chunks", lambda c: c.fetch(self._available, *args)
@@ -282,5 +273,5 @@ class PostgresClaimStore(ClaimStore):
         """Lock the chunk's row and raise unless it is still ``claim``'s lease; returns now."""
         row = await conn.fetchrow(self._row, claim.pipeline, claim.chunk)
         now = self.clock()  # read once the row is locked: no one can change it meanwhile
-        check_holder(claim, None if row is None else tuple(row), now, live=live)
+        _base.check_holder(claim, None if row is None else tuple(row), now, live=live)
         return now

@@ -11,18 +11,8 @@ from pathlib import Path
 import aiosqlite
 
 from .._sqlite import SharedConnection, rollback
-from ._base import (
-    ChunkLayout,
-    ChunkState,
-    Claim,
-    ClaimStore,
-    Clock,
-    check_chunk,
-    check_holder,
-    check_ttl,
-    chunk_bounds,
-    new_token,
-)
+from . import _base
+from ._base import ChunkLayout, ChunkState, Claim, ClaimStore, Clock
 
 __all__ = ["SqliteClaimStore"]
 
@@ -118,12 +108,12 @@ class SqliteClaimStore(ClaimStore):
 
     async def claim(self, pipeline: str, chunk: int, owner: str, ttl: float) -> Claim | None:
         """Lease ``chunk`` to ``owner`` until now + ttl, or None if it is held or done."""
-        check_chunk(chunk)
-        ttl = check_ttl(ttl)
+        _base.check_chunk(chunk)
+        ttl = _base.check_ttl(ttl)
         async with self._immediate("claim") as conn:
             now = self.clock()
             rows = await self._db.checked(conn, "claim", _ROW, (pipeline, chunk))
-            token = new_token(rows[0] if rows else None, owner, now)
+            token = _base.new_token(rows[0] if rows else None, owner, now)
             if token is None:
                 return None
             params = (pipeline, chunk, owner, token, now + ttl)
@@ -134,8 +124,8 @@ class SqliteClaimStore(ClaimStore):
         self, pipeline: str, owner: str, ttl: float, chunks: range | None = None
     ) -> Claim | None:
         """Claim the lowest available chunk (within ``chunks``), or None if none is available."""
-        ttl = check_ttl(ttl)
-        low, high = chunk_bounds(chunks)
+        ttl = _base.check_ttl(ttl)
+        low, high = _base.chunk_bounds(chunks)
         async with self._immediate("claim") as conn:
             now = self.clock()
             found = await self._db.checked(conn, "claim", _AVAILABLE, (pipeline, now, low, high, 1))
@@ -143,7 +133,7 @@ class SqliteClaimStore(ClaimStore):
                 return None
             chunk = found[0][0]
             row = (await self._db.checked(conn, "claim", _ROW, (pipeline, chunk)))[0]
-            token = new_token(row, owner, now)
+            token = _base.new_token(row, owner, now)
             assert token is not None  # available, and the write lock is ours
             await self._db.checked(
                 conn, "claim", _UPSERT, (pipeline, chunk, owner, token, now + ttl)
@@ -152,7 +142,7 @@ class SqliteClaimStore(ClaimStore):
 
     async def extend(self, claim: Claim, ttl: float) -> Claim:
         """Renew the lease to now + ttl; ClaimLost / ClaimNotFound when it is not ours."""
-        ttl = check_ttl(ttl)
+        ttl = _base.check_ttl(ttl)
         async with self._immediate("extend a claim") as conn:
             now = await self._check(conn, claim, live=False)
             sql = "UPDATE indexer_claims SET expires_at = ? WHERE pipeline = ? AND chunk = ?"
@@ -175,7 +165,7 @@ class SqliteClaimStore(ClaimStore):
         self, pipeline: str, limit: int, chunks: range | None = None
     ) -> list[int]:
         """Up to ``limit`` claimable chunk rows (within ``chunks``), lowest first."""
-        low, high = chunk_bounds(chunks)
+        low, high = _base.chunk_bounds(chunks)
         params = (pipeline, self.clock(), low, high, max(limit, 0))
         rows = await self._db.run("find available chunks", _AVAILABLE, params)
         return [row[0] for row in rows]
@@ -251,7 +241,7 @@ class SqliteClaimStore(ClaimStore):
         """Raise unless the chunk's row is still ``claim``'s lease; returns the clock's now."""
         rows = await self._db.checked(conn, "check a claim", _ROW, (claim.pipeline, claim.chunk))
         now = self.clock()
-        check_holder(claim, rows[0] if rows else None, now, live=live)
+        _base.check_holder(claim, rows[0] if rows else None, now, live=live)
         return now
 
     @asynccontextmanager

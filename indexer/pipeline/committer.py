@@ -14,15 +14,18 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._log import log
 from ..errors import ConfigurationError, FencingError, PipelineHalted
 from ..progress import ProgressStore, TransactionalProgressStore, base_store
 from ..reducer import Reducer
-from ..retry import STORE_WRITE_RETRY, RetryAbandoned, RetryPolicy, retry, sleep_unless_set
+from ..retry import STORE_WRITE_RETRY, RetryAbandoned, logged_retry, retry, sleep_unless_set
 from ..stats import PipelineStats
 from .watermark import WatermarkTracker
+
+if TYPE_CHECKING:
+    from ..retry import RetryPolicy
 
 
 class _Abandoned(Exception):
@@ -237,13 +240,9 @@ class Committer:
             attempts = attempt
             if batch:
                 self.stats.batches_failed += 1
-            log.warning(
-                f"{what} failed, retrying",
-                pipeline=self.pipeline,
-                attempt=attempt,
-                delay=round(delay, 3),
-                seconds=round(time.perf_counter() - started, 3),
-                error=repr(exc),
+            seconds = round(time.perf_counter() - started, 3)
+            logged_retry(f"{what} failed, retrying", pipeline=self.pipeline, seconds=seconds)(
+                attempt, exc, delay
             )
 
         try:

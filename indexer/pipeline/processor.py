@@ -16,13 +16,16 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Awaitable, Callable
 from heapq import heappop, heappush
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._log import log
 from ..errors import ConfigurationError, PipelineHalted
-from ..retry import STORE_WRITE_RETRY, RetryAbandoned, RetryPolicy, retry, sleep_unless_set
+from ..retry import STORE_WRITE_RETRY, RetryAbandoned, logged_retry, retry, sleep_unless_set
 from ..stats import PipelineStats
 from ..worker import Retry, Worker
+
+if TYPE_CHECKING:
+    from ..retry import RetryPolicy
 
 #: Returned by recovery when the checkpoint yields no completion now (rescheduled, abandoned).
 _NO_COMPLETION: Any = object()
@@ -229,14 +232,12 @@ class Processor:
                     return await self._exhausted(sequence_number, attempts, exc)
                 self.stats.retries += 1
                 delay = self.retry.delay(attempts)
-                log.warning(
+                failed = logged_retry(
                     "checkpoint failed, retrying",
                     pipeline=self.pipeline,
                     checkpoint=sequence_number,
-                    attempt=attempts,
-                    delay=round(delay, 3),
-                    error=repr(exc),
                 )
+                failed(attempts, exc, delay)
                 if not await sleep_unless_set(self._stopping, delay):
                     return _NO_COMPLETION
             try:
@@ -258,17 +259,9 @@ class Processor:
     async def _record_dead_letter(self, sequence_number: int, error: str) -> bool:
         """Write the dead letter, retrying a failing store until it is written (True) or the
         pipeline stops (False)."""
-
-        def failed(attempt: int, exc: Exception, delay: float) -> None:
-            log.warning(
-                "dead letter not recorded, retrying",
-                pipeline=self.pipeline,
-                checkpoint=sequence_number,
-                attempt=attempt,
-                delay=round(delay, 3),
-                error=repr(exc),
-            )
-
+        failed = logged_retry(
+            "dead letter not recorded, retrying", pipeline=self.pipeline, checkpoint=sequence_number
+        )
         try:
             await retry(
                 lambda: self._dead_letter(sequence_number, error),

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import msgspec
+
+from .._resource import Openable
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
@@ -19,7 +21,7 @@ class DeadLetter(msgspec.Struct, frozen=True):
     recorded_at: float = msgspec.field(default_factory=time.time)
 
 
-class ProgressStore(ABC):
+class ProgressStore(Openable):
     """Keeps each pipeline's watermark: the next checkpoint it has not yet committed.
 
     A store never lowers a watermark: ``save`` with a lower value keeps the higher one. Only
@@ -36,13 +38,6 @@ class ProgressStore(ABC):
     async def close(self) -> None:
         """Release connections and files (idempotent)."""
         self.is_open = False
-
-    async def __aenter__(self) -> ProgressStore:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     @abstractmethod
     async def load(self, pipeline: str) -> int | None:

@@ -60,19 +60,11 @@ def run(quick: bool, event_loop: str = "auto") -> list[Result]:
         },
     )
     framework_timed, bare = best["timed"], best["bare"]
-    return [
-        Result.throughput(
-            "dispatch",
-            count,
-            framework_timed,
-            bare,
-            bar=0.5,
-            details={
-                "count": count,
-                "concurrency": CONCURRENCY,
-                "us_per_checkpoint": round(framework_timed / count * 1e6, 2),
-                "bare_us_per_checkpoint": round(bare / count * 1e6, 2),
-                "metrics_timing_cost": round(framework_timed / best["untimed"] - 1, 3),
-            },
-        )
-    ]
+    details = {
+        "count": count,
+        "concurrency": CONCURRENCY,
+        "us_per_checkpoint": round(framework_timed / count * 1e6, 2),
+        "bare_us_per_checkpoint": round(bare / count * 1e6, 2),
+        "metrics_timing_cost": round(framework_timed / best["untimed"] - 1, 3),
+    }
+    return [Result.throughput("dispatch", count, framework_timed, bare, bar=0.5, details=details)]

@@ -178,31 +178,21 @@ def run(quick: bool, postgres_dsn: str | None = None, event_loop: str = "auto") 
                 ),
             },
         )
-    bare, framework_seconds = best["bare"], best["framework"]
-    results = [
-        Result.throughput(
-            "reducer-sqlite",
-            total_rows,
-            framework_seconds,
-            bare,
-            unit="rows/s",
-            bar=0.7,
-            details={**details, "reference": "executemany + commit per batch"},
-        )
-    ]
+    sides = {"reducer-sqlite": (best["framework"], best["bare"], "executemany")}
     if postgres_dsn:
         pg_bare, pg_framework = run_on(
             event_loop, _postgres_rounds(postgres_dsn, rounds, items, rows)
         )
-        results.append(
-            Result.throughput(
-                "reducer-postgres",
-                total_rows,
-                pg_framework,
-                pg_bare,
-                unit="rows/s",
-                bar=0.7,
-                details={**details, "reference": "asyncpg COPY + commit per batch"},
-            )
+        sides["reducer-postgres"] = (pg_framework, pg_bare, "asyncpg COPY")
+    return [
+        Result.throughput(
+            scenario,
+            total_rows,
+            seconds,
+            bare_seconds,
+            unit="rows/s",
+            bar=0.7,
+            details={**details, "reference": f"{how} + commit per batch"},
         )
-    return results
+        for scenario, (seconds, bare_seconds, how) in sides.items()
+    ]
