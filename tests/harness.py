@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -53,6 +54,24 @@ def run_indexer(
         timeout=timeout,
         check=False,
     )
+
+
+def saved_watermark(db: Path, pipeline: str) -> int | None:
+    """The watermark a program saved in the SQLite store ``db``, or None (no file, table or
+    row yet); read-only, so that looking never creates the database."""
+    if not db.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=TIMEOUT)
+        try:
+            row = conn.execute(
+                "SELECT next_checkpoint FROM indexer_watermarks WHERE pipeline = ?", (pipeline,)
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:  # the program is creating it
+        return None
+    return None if row is None else int(row[0])
 
 
 def parse_events(lines: Sequence[str]) -> list[dict[str, Any]]:

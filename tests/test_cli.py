@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import tomli_w
 from click.testing import CliRunner, Result
-from harness import Background, parse_events, run_indexer
+from harness import Background, parse_events, run_indexer, saved_watermark
 from prometheus_client.parser import text_string_to_metric_families
 
 import indexer
@@ -123,19 +123,7 @@ def read_rows(db: Path) -> list[tuple[Any, ...]]:
 
 def read_watermark(db: Path, pipeline: str = PIPELINE) -> int | None:
     """The watermark saved in the SQLite store, or None (no file, table or row yet)."""
-    if not db.exists():
-        return None
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=TIMEOUT)
-        try:
-            row = conn.execute(
-                "SELECT next_checkpoint FROM indexer_watermarks WHERE pipeline = ?", (pipeline,)
-            ).fetchone()
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:
-        return None
-    return None if row is None else int(row[0])
+    return saved_watermark(db, pipeline)
 
 
 def write_store(db: Path, watermarks: dict[str, int], dead_letters: dict[str, list[int]]) -> None:

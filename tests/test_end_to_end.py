@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import harness
 import pytest
 from harness import Background, parse_events
 
@@ -22,7 +23,6 @@ from indexer.sources import SyntheticSource, write_checkpoint_file, write_feed
 
 PROGRAM = Path(__file__).parent / "programs" / "feed_indexer.py"
 PIPELINE = "feed_rows"
-READ_TIMEOUT = 10.0  # how long a look at the database waits for the program's write lock
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -71,21 +71,8 @@ def write_range(directory: Path, start: int, stop: int, seed: int = 7) -> None:
 
 
 def saved_watermark(db: Path) -> int | None:
-    """The watermark the program saved, or None (no file, table or row yet); read-only, so
-    that looking never creates the database."""
-    if not db.exists():
-        return None
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=READ_TIMEOUT)
-        try:
-            rows = conn.execute(
-                "SELECT next_checkpoint FROM indexer_watermarks WHERE pipeline = ?", (PIPELINE,)
-            ).fetchall()
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:  # the program is creating it
-        return None
-    return rows[0][0] if rows else None
+    """The watermark the program saved, or None (nothing saved yet)."""
+    return harness.saved_watermark(db, PIPELINE)
 
 
 def committed_rows(db: Path) -> list[int]:

@@ -69,9 +69,15 @@ def store_option(func: F) -> F:
     return click.option(
         "--store",
         envvar="INDEXER_STORE",
-        help="Progress store: sqlite:PATH, file:PATH or memory (progress.store) "
+        help="Progress store: sqlite:PATH, file:PATH, memory or a postgresql:// DSN (progress.store) "
         "[env INDEXER_STORE].",
     )(func)
+
+
+def configured(func: F) -> F:
+    """The options every command that reads the config takes (file, feed, store), and the
+    one-line errors."""
+    return config_option(feed_option(store_option(handle_errors(func))))
 
 
 def _load(config_path: Path | None, **overrides: Any) -> Config:
@@ -237,11 +243,8 @@ def run(
 
 
 @main.command()
-@config_option
-@feed_option
-@store_option
+@configured
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@handle_errors
 def status(config_path: Path | None, feed: str | None, store: str | None, as_json: bool) -> None:
     """Per pipeline: watermark, newest checkpoint in the feed, lag, dead letters; for a
     scaled-out job also its chunks: done, owners and lease expiry."""
@@ -338,10 +341,7 @@ def _without_none(value: Any) -> Any:
 
 
 @config_group.command("show")
-@config_option
-@feed_option
-@store_option
-@handle_errors
+@configured
 def config_show(config_path: Path | None, feed: str | None, store: str | None) -> None:
     """Print the effective config as TOML (passwords in DSNs masked)."""
     config = _load(config_path, **{"source.feed": feed, "progress.store": store})
@@ -354,10 +354,7 @@ def config_show(config_path: Path | None, feed: str | None, store: str | None) -
 
 
 @config_group.command("check")
-@config_option
-@feed_option
-@store_option
-@handle_errors
+@configured
 def config_check(config_path: Path | None, feed: str | None, store: str | None) -> None:
     """Validate the config, import every worker and reducer, and build the pipelines."""
     config = _load(config_path, **{"source.feed": feed, "progress.store": store})
