@@ -69,8 +69,8 @@ def store_option(func: F) -> F:
     return click.option(
         "--store",
         envvar="INDEXER_STORE",
-        help="Progress store: sqlite:PATH, file:PATH, memory or a postgresql:// DSN (progress.store) "
-        "[env INDEXER_STORE].",
+        help="Progress store: sqlite:PATH, file:PATH, memory or a postgresql:// DSN "
+        "(progress.store) [env INDEXER_STORE].",
     )(func)
 
 
