@@ -77,11 +77,6 @@ class IndexerExecutor:
         """The registered pipelines, in the order of registration."""
         return list(self._pools.values())
 
-    @property
-    def feed_stats(self) -> FeedStats:
-        """What the reader saw of the feed (``job.feed``)."""
-        return self.job.feed
-
     def register(self, pool: WorkerPool[Any, Any]) -> None:
         """Add a pipeline; names must be unique."""
         if pool.name in self._pools:

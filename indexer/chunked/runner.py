@@ -100,7 +100,6 @@ class ChunkedRunner:
         for pool in pools:
             self.job.pipeline(pool.name)
         self.feed_poll_interval = feed_poll_interval
-        self.on_signal = on_signal
         self.chunks_done = 0
         self.chunks_abandoned = 0
         self._stop = asyncio.Event()
