@@ -139,6 +139,7 @@ class IndexerExecutor:
         for pool in pools:
             saved = await store.load(pool.name)
             starts[pool.name] = saved if saved is not None else (first or 0)
+            self.job.pipeline(pool.name).rests_at(starts[pool.name])
             log.info(
                 "pipeline starting",
                 pipeline=pool.name,

@@ -119,6 +119,10 @@ class PipelineView:
         self.run = run
         self._start = run.start
 
+    def rests_at(self, watermark: int) -> None:
+        """Show ``watermark`` (saved, or where a run would start) while no run is attached."""
+        self._start = self._last_watermark = watermark
+
     def detach(self) -> None:
         """The run in progress ended; its final watermark stays shown."""
         if self.run is not None:

@@ -241,3 +241,15 @@ async def test_a_pool_is_a_description_that_every_run_starts_from_afresh() -> No
     assert first.job.pipelines["p"].stats.processed == 30
     assert second.job.pipelines["p"].stats.processed == 30
     assert (second.job.pipelines["p"].watermark, second.job.pipelines["p"].run) == (50, None)
+
+
+async def test_the_job_view_shows_a_pipeline_with_nothing_to_do_at_its_saved_watermark() -> None:
+    done, behind = WorkerPool(Seen("done")), WorkerPool(Seen("behind"))
+    executor = executor_for(MemoryProgressStore({"done": 80, "behind": 10}), done, behind)
+    assert await executor.run(MemorySource(make_checkpoints(60)), last_checkpoint=59) == {
+        "done": 80,
+        "behind": 60,
+    }
+    views = executor.job.pipelines
+    assert (views["done"].watermark, views["done"].stats.processed) == (80, 0)
+    assert (views["behind"].watermark, views["behind"].stats.processed) == (60, 50)
