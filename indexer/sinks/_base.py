@@ -53,7 +53,18 @@ class DatabaseSink(Reducer[MessageT]):
     # -- the backend's part ------------------------------------------------------------------
 
     def shares_database(self, store: Any) -> bool:
-        """Whether ``store`` is a progress store on this sink's database."""
+        """Whether ``store`` is a progress store on this sink's database: of the backend's
+        kind, and the sink's own database unset or the same as the store's."""
+        if not isinstance(store, self.store_type()):
+            return False
+        return self.own_database is None or self.same_database(store)
+
+    def store_type(self) -> type[Any]:
+        """The progress store class on the backend's kind of database."""
+        raise NotImplementedError
+
+    def same_database(self, store: Any) -> bool:
+        """Whether the sink's own database is ``store``'s."""
         raise NotImplementedError
 
     def own_transaction(self) -> AbstractAsyncContextManager[Any]:

@@ -39,10 +39,11 @@ class PostgresDatabaseSink(DatabaseSink[MessageT]):
     def own_database(self) -> str | None:
         return self.dsn
 
-    def shares_database(self, store: Any) -> bool:
-        if not isinstance(store, PostgresProgressStore):
-            return False
-        return self.dsn is None or same_database(self.dsn, store.dsn)
+    def store_type(self) -> type[PostgresProgressStore]:
+        return PostgresProgressStore
+
+    def same_database(self, store: PostgresProgressStore) -> bool:
+        return self.dsn is not None and same_database(self.dsn, store.dsn)
 
     @asynccontextmanager
     async def own_transaction(self) -> AsyncIterator[asyncpg.Connection]:

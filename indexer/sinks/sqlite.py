@@ -40,10 +40,11 @@ class SqliteDatabaseSink(DatabaseSink[MessageT]):
     def own_database(self) -> Path | None:
         return self.path
 
-    def shares_database(self, store: Any) -> bool:
-        if not isinstance(store, SqliteProgressStore):
-            return False
-        return self.path is None or self.path.resolve() == store.path.resolve()
+    def store_type(self) -> type[SqliteProgressStore]:
+        return SqliteProgressStore
+
+    def same_database(self, store: SqliteProgressStore) -> bool:
+        return self.path is not None and self.path.resolve() == store.path.resolve()
 
     @asynccontextmanager
     async def own_transaction(self) -> AsyncIterator[aiosqlite.Connection]:
