@@ -123,7 +123,8 @@ class SharedConnection:
 
     ``what`` names the database in errors ("progress database"); ``reentry`` is the error a
     re-entering call raises; ``opener`` is what a lazy open calls (the store's own ``open``,
-    so that the store knows it is open), ``open`` by default.
+    so that the store knows it is open), ``open`` by default; ``setup`` runs on the new
+    connection after the ``schema`` statements (to bring an older file's tables up to date).
     """
 
     def __init__(
@@ -135,8 +136,10 @@ class SharedConnection:
         schema: Iterable[str],
         busy_timeout: float = 30.0,
         opener: Callable[[], Awaitable[None]] | None = None,
+        setup: Callable[[aiosqlite.Connection], Awaitable[None]] | None = None,
     ) -> None:
         self.path = path
+        self._setup = setup
         self._opener = opener or self.open
         self.what = what
         self.reentry = reentry
@@ -158,6 +161,8 @@ class SharedConnection:
                 conn = await connect(self.path, busy_timeout=self.busy_timeout)
                 for statement in self.schema:
                     await fetch(conn, statement)
+                if self._setup is not None:
+                    await self._setup(conn)
             except (OSError, sqlite3.Error) as exc:
                 if conn is not None:
                     await conn.close()

@@ -47,6 +47,11 @@ class FencingError(IndexerError):
     lease taken over, or released): retrying cannot help, the writer must stop."""
 
 
+class PipelineHeld(ConfigurationError):
+    """Another writer holds a pipeline this run would write (one writer per pipeline); the
+    message names it. Exit code 2: the run refuses at start, having written nothing."""
+
+
 class PipelineHalted(IndexerError):
     """A pipeline stopped on an error it may not skip; its watermark stays below the failure."""
 

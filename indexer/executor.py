@@ -11,6 +11,7 @@ from ._gc import tuned_gc
 from ._log import log
 from ._signals import TwoSignalStop
 from .checkpoint import CheckpointDecoder
+from .claims.lease import default_owner
 from .errors import ConfigurationError, ShutdownAborted
 from .pipeline import PipelineRun, WorkerPool
 from .progress import MemoryProgressStore, ProgressStore
@@ -43,6 +44,11 @@ class IndexerExecutor:
     progress store. ``job`` is what the metrics endpoint and the progress bars read: each
     pipeline's counters and run in progress, and what the reader saw of the feed; pass one in to
     share it across executors (a chunked job's do).
+
+    A run is the one writer of its pipelines (``ProgressStore.hold``): on a database store it
+    leases each for ``lease_ttl`` seconds as ``owner`` (``host:pid`` by default), renews the
+    leases on a heartbeat and fences every commit with them; a second run of a held pipeline
+    refuses at start (``PipelineHeld``), and one that loses its lease commits nothing more.
     """
 
     def __init__(
@@ -55,6 +61,8 @@ class IndexerExecutor:
         feed_poll_interval: float | None = 5.0,
         timing: bool = True,
         job: JobView | None = None,
+        lease_ttl: float = 30.0,
+        owner: str | None = None,
     ) -> None:
         self.progress_store = (
             progress_store if progress_store is not None else MemoryProgressStore()
@@ -66,6 +74,8 @@ class IndexerExecutor:
         #: Time each process_checkpoint call for indexer_checkpoint_processing_seconds.
         self.timing = timing
         self.job = job if job is not None else JobView()
+        self.lease_ttl = lease_ttl
+        self.owner = owner or default_owner()
         self._pools: dict[str, WorkerPool[Any, Any]] = {}
         self._stop: asyncio.Event | None = None  # created inside run (needs a running loop)
         self._signals = TwoSignalStop(
@@ -104,9 +114,15 @@ class IndexerExecutor:
         await store.open()
         self._stop = asyncio.Event()
         self.job.loop = asyncio.get_running_loop()
+        names = [pool.name for pool in pools]
         try:
             with self._signals.handling(self.handle_signals), tuned_gc(self.tune_gc):
-                return await self._run(source, decoder, pools, first_checkpoint, last_checkpoint)
+                async with store.hold(
+                    names, owner=self.owner, ttl=self.lease_ttl, on_lost=self._lease_lost
+                ) as writable:
+                    return await self._run(
+                        writable, source, decoder, pools, first_checkpoint, last_checkpoint
+                    )
         finally:
             if opened_here:
                 await store.close()
@@ -128,13 +144,13 @@ class IndexerExecutor:
 
     async def _run(
         self,
+        store: ProgressStore,
         source: CheckpointSource,
         decoder: CheckpointDecoder[Any],
         pools: list[WorkerPool[Any, Any]],
         first: int | None,
         last: int | None,
     ) -> dict[str, int]:
-        store = self.progress_store
         starts: dict[str, int] = {}
         for pool in pools:
             saved = await store.load(pool.name)
@@ -286,6 +302,11 @@ class IndexerExecutor:
             await poll_feed(source, self.job.feed, self.feed_poll_interval)
 
     def _on_halt(self, run: PipelineRun) -> None:
+        self.request_stop()
+
+    def _lease_lost(self, pipeline: str, reason: str) -> None:
+        """Another writer took a pipeline over: stop (its commits are refused already)."""
+        log.error("lease lost: stopping", pipeline=pipeline, reason=reason)
         self.request_stop()
 
 

@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 
 from indexer.claims import (
+    WHOLE,
     ChunkLayout,
     ChunkState,
     Claim,
@@ -27,6 +28,7 @@ from indexer.claims import (
     PostgresClaimStore,
     SqliteClaimStore,
 )
+from indexer.claims._base import describe
 from indexer.errors import IndexerError, ProgressStoreError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,12 +227,57 @@ async def test_claim_lost_and_not_found(store: ClaimStore, clock: FakeClock) -> 
     assert issubclass(ClaimLost, IndexerError) and issubclass(ClaimNotFound, IndexerError)
 
 
+# --- one writer per pipeline --------------------------------------------------------------------
+
+
+async def test_the_whole_pipeline_and_its_chunks_are_never_held_together(
+    store: ClaimStore, clock: FakeClock
+) -> None:
+    whole = await store.claim("p", WHOLE, "run-a", ttl=10)
+    assert whole == Claim("p", WHOLE, "run-a", 1, START + 10)
+    assert await store.claim("p", WHOLE, "run-b", ttl=10) is None  # one writer
+    await store.ensure_chunks("p", 3)
+    assert await store.claim("p", 0, "job-1", ttl=10) is None  # no chunk while it is held
+    assert await store.claim_next("p", "job-1", ttl=10) is None
+    assert await store.claim("q", 0, "job-1", ttl=10) is not None  # another pipeline
+    assert [s.chunk for s in await store.chunks("p")] == [0, 1, 2]  # WHOLE is no chunk
+    clock.now += 10  # the writer's lease ran out: a chunked job may start
+    chunk = await store.claim_next("p", "job-1", ttl=10)
+    assert chunk is not None and chunk.chunk == 0
+    assert await store.claim("p", WHOLE, "run-b", ttl=10) is None  # not while a chunk is held
+    await store.release(chunk)
+    again = await store.claim("p", WHOLE, "run-b", ttl=10)
+    assert again is not None and again.token == 2
+
+
+async def test_holders_say_who_holds_since_when_and_expire_ends_a_dead_holder(
+    store: ClaimStore, clock: FakeClock
+) -> None:
+    await store.claim("p", WHOLE, "host:1", ttl=10)
+    clock.now += 4
+    await store.claim("p", WHOLE, "host:1", ttl=10)  # renewed by claiming again
+    clock.now += 2
+    (held,) = await store.holders("p")
+    assert (held.chunk, held.owner, held.token) == (WHOLE, "host:1", 1)
+    assert (held.claimed_at, held.renewed_at, held.expires_at) == (START, START + 4, START + 14)
+    assert describe(held, clock.now).startswith("host:1 since ")
+    assert describe(held, clock.now).endswith("(lease renewed 2 s ago)")
+    stale = ChunkState(WHOLE, "host:1", 0, None, False, None)
+    assert not await store.expire("p", stale)  # another token: nothing ended
+    assert await store.expire("p", held)
+    assert await store.holders("p") == []
+    taken = await store.claim("p", WHOLE, "host:2", ttl=10)
+    assert taken is not None and taken.token == 2
+    (now_held,) = await store.holders("p")
+    assert now_held.claimed_at == clock.now
+
+
 async def test_bad_arguments_are_refused(store: ClaimStore) -> None:
     for bad_ttl in (-1.0, math.nan, math.inf):
         with pytest.raises(ValueError, match="ttl"):
             await store.claim("p", 0, "a", ttl=bad_ttl)
     with pytest.raises(ValueError, match="chunk"):
-        await store.claim("p", -1, "a", ttl=1)
+        await store.claim("p", -2, "a", ttl=1)
     with pytest.raises(ValueError, match="step 1"):
         await store.find_available("p", 5, chunks=range(0, 10, 2))
 
@@ -309,11 +356,12 @@ async def test_done_chunks_are_not_available_and_prefix_counts_them(
     assert await store.claim("p", 0, "c", ttl=10) is None  # done forever
     assert await store.completed_prefix("p") == 2
     await store.ensure_chunks("p", 5)  # leaves claimed and done rows as they are
+    claimed = (START, START)  # claimed_at, renewed_at
     assert await store.chunks("p") == [
-        ChunkState(0, None, 1, None, True, 9),
-        ChunkState(1, None, 1, None, True, 19),
-        ChunkState(2, "b", 1, START + 10, False, None),
-        ChunkState(3, None, 1, None, True, 39),
+        ChunkState(0, None, 1, None, True, 9, *claimed),
+        ChunkState(1, None, 1, None, True, 19, *claimed),
+        ChunkState(2, "b", 1, START + 10, False, None, *claimed),
+        ChunkState(3, None, 1, None, True, 39, *claimed),
         ChunkState(4, None, 0, None, False, None),
     ]
     assert (await store.chunks("p"))[2].held(START + 9)
@@ -473,6 +521,29 @@ async def test_unreachable_postgres_is_one_line_naming_the_masked_dsn() -> None:
     assert "\n" not in message and "secret" not in message
     assert message.startswith("postgresql://user:***@127.0.0.1:1/db: cannot open claim database")
     await store.close()
+
+
+async def test_a_claims_table_of_an_earlier_version_gains_the_new_columns(
+    backend: Backend,
+) -> None:
+    """A table made before claimed_at and renewed_at existed keeps its rows and gains them."""
+    table = f'"{backend.schema}".indexer_claims' if backend.schema else "indexer_claims"
+    if backend.kind == "postgres":
+        await backend.sql(f'CREATE SCHEMA IF NOT EXISTS "{backend.schema}"')
+    await backend.sql(
+        f"CREATE TABLE {table} (pipeline TEXT NOT NULL, chunk BIGINT NOT NULL, owner TEXT,"
+        " token BIGINT NOT NULL DEFAULT 0, expires_at DOUBLE PRECISION,"
+        " done BOOLEAN NOT NULL DEFAULT false, progress BIGINT, PRIMARY KEY (pipeline, chunk))"
+    )
+    await backend.sql(
+        f"INSERT INTO {table} (pipeline, chunk, token, done) VALUES ('p', 0, 3, true)"
+    )
+    store = backend.make()
+    assert [(s.chunk, s.token, s.done) for s in await store.chunks("p")] == [(0, 3, True)]
+    claim = await store.claim("p", 1, "a", ttl=10)
+    assert claim is not None
+    (held,) = await store.holders("p")
+    assert held.claimed_at is not None and held.claimed_at == held.renewed_at
 
 
 async def test_unusable_sqlite_path_is_a_progress_store_error(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Scale-out: a job cut into chunks leased from a claim store, run by many processes."""
 
 from .progress import ChunkProgressStore
-from .runner import ChunkedRunner, default_owner
+from .runner import ChunkedRunner
 
-__all__ = ["ChunkProgressStore", "ChunkedRunner", "default_owner"]
+__all__ = ["ChunkProgressStore", "ChunkedRunner"]

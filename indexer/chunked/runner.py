@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -21,19 +19,17 @@ from .._gc import tuned_gc
 from .._log import log
 from .._signals import TwoSignalStop
 from ..claims import ChunkLayout, Claim, ClaimStore
+from ..claims.lease import check_no_whole_writer, default_owner, heartbeat_of, keep_alive
 from ..errors import ConfigurationError, FencingError, ShutdownAborted
 from ..executor import IndexerExecutor, check_range, poll_feed
 from ..pipeline import WorkerPool
 from ..progress import ProgressStore
-from ..retry import RetryPolicy, logged_retry, retry, sleep_unless_set
+from ..retry import sleep_unless_set
 from ..sources import CheckpointSource
 from ..stats import JobView
 from .progress import ChunkProgressStore
 
-__all__ = ["ChunkedRunner", "check_chunking", "default_owner"]
-
-#: Renewals that may fail in a row before the chunk is abandoned.
-MAX_RENEWAL_FAILURES = 3
+__all__ = ["ChunkedRunner", "check_chunking"]
 
 
 def check_chunking(chunk_size: int, lease_ttl: float) -> None:
@@ -42,11 +38,6 @@ def check_chunking(chunk_size: int, lease_ttl: float) -> None:
         raise ConfigurationError(f"must be at least 1, got {chunk_size!r}", key="chunk_size")
     if not lease_ttl > 0:
         raise ConfigurationError(f"must be positive, got {lease_ttl!r}", key="lease_ttl")
-
-
-def default_owner() -> str:
-    """``host:pid``: unique among live processes, and says where a lease holder runs."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class ChunkedRunner:
@@ -88,7 +79,7 @@ class ChunkedRunner:
         self.chunk_size = chunk_size
         self.lease_ttl = lease_ttl
         self.owner = owner or default_owner()
-        self.heartbeat = min(lease_ttl / 4, 15.0)
+        self.heartbeat = heartbeat_of(lease_ttl)
         self.poll_interval = (
             poll_interval if poll_interval is not None else min(self.heartbeat, 0.1)
         )
@@ -128,6 +119,8 @@ class ChunkedRunner:
         await self.claims.open()
         try:
             layouts = {pool.name: await self._layout(pool.name, first) for pool in self.pools}
+            for pool in self.pools:
+                await check_no_whole_writer(self.claims, pool.name)
             poller = asyncio.create_task(
                 poll_feed(self._source(), self.job.feed, self.feed_poll_interval), name="feed"
             )
@@ -263,40 +256,14 @@ class ChunkedRunner:
         return True
 
     async def _renew(self, claim: Claim, executor: IndexerExecutor, lost: asyncio.Event) -> None:
-        """Extend the lease every ``heartbeat`` seconds; stop the chunk when it is lost or when
-        ``MAX_RENEWAL_FAILURES`` renewals in a row fail (each failure retried a heartbeat
-        later)."""
-        policy = RetryPolicy(
-            initial=self.heartbeat,
-            multiplier=1,
-            max_delay=self.heartbeat,
-            jitter=0,
-            max_attempts=MAX_RENEWAL_FAILURES,
-        )
+        """Keep the chunk's lease alive; stop the chunk when it is lost."""
 
-        failed = logged_retry("lease renewal failed, retrying", chunk=claim.chunk)
-
-        async def extend() -> Claim:
-            return await self.claims.extend(claim, self.lease_ttl)
-
-        while True:
-            await asyncio.sleep(self.heartbeat)
-            try:
-                claim = await retry(
-                    extend,
-                    policy,
-                    retry_on=lambda exc: not isinstance(exc, FencingError),
-                    on_retry=failed,
-                )
-                continue
-            except FencingError as exc:
-                reason = str(exc)
-            except Exception as exc:
-                reason = f"{MAX_RENEWAL_FAILURES} renewals failed in a row, the last: {exc!r}"
+        def abandon(reason: str) -> None:
             log.warning("lease lost, abandoning the chunk", chunk=claim.chunk, reason=reason)
             lost.set()
             executor.request_stop()
-            return
+
+        await keep_alive(self.claims, claim, self.lease_ttl, abandon)
 
     # -- the job as a whole ---------------------------------------------------------------------
 

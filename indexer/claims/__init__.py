@@ -6,13 +6,14 @@ The SQLite and PostgreSQL stores load their drivers only when first named here.
 from typing import TYPE_CHECKING
 
 from .._lazy import lazy_attributes
-from ._base import ChunkLayout, ChunkState, Claim, ClaimLost, ClaimNotFound, ClaimStore
+from ._base import WHOLE, ChunkLayout, ChunkState, Claim, ClaimLost, ClaimNotFound, ClaimStore
 
 if TYPE_CHECKING:
     from .postgres import PostgresClaimStore
     from .sqlite import SqliteClaimStore
 
 __all__ = [
+    "WHOLE",
     "ChunkLayout",
     "ChunkState",
     "Claim",

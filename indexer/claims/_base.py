@@ -18,12 +18,17 @@ Rules shared by every store:
   is live while ``clock() < expires_at``; at ``clock() == expires_at`` it has expired.
 - ``extend`` and ``release`` accept a lease that expired but that nobody took since (its token
   still matches: nobody else held the chunk in between); ``save_progress`` and ``fenced``
-  demand a live lease.
+  demand a live lease, and ``fenced`` checks it again before it commits.
+- One writer per pipeline: chunk ``WHOLE`` (-1) is the lease of a run that writes the whole
+  pipeline without chunks. It cannot be claimed while a chunk of the pipeline is held, and no
+  chunk can be claimed while it is held, so a chunked job and a run without chunks never
+  write one pipeline at the same time.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from abc import abstractmethod
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -35,6 +40,9 @@ from .._resource import Openable
 from ..errors import FencingError
 
 Clock = Callable[[], float]
+
+#: The chunk number of the lease a run without chunks holds on its whole pipeline.
+WHOLE = -1
 
 
 class ClaimLost(FencingError):
@@ -56,7 +64,8 @@ class Claim(msgspec.Struct, frozen=True):
 
 
 class ChunkState(msgspec.Struct, frozen=True):
-    """One chunk row as stored, for status displays; ``owner`` is None when nobody holds it."""
+    """One chunk row as stored, for status displays; ``owner`` is None when nobody holds it.
+    ``claimed_at`` is when its current token was granted, ``renewed_at`` its last renewal."""
 
     chunk: int
     owner: str | None
@@ -64,6 +73,8 @@ class ChunkState(msgspec.Struct, frozen=True):
     expires_at: float | None
     done: bool
     progress: int | None
+    claimed_at: float | None = None
+    renewed_at: float | None = None
 
     def held(self, now: float) -> bool:
         """Whether a live lease holds the chunk at ``now``."""
@@ -102,8 +113,9 @@ class ClaimStore(Openable):
 
     @abstractmethod
     async def claim(self, pipeline: str, chunk: int, owner: str, ttl: float) -> Claim | None:
-        """Lease ``chunk`` to ``owner`` until now + ttl; None if another owner holds a live lease
-        or the chunk is done. Claiming a chunk one already holds live renews it (same token)."""
+        """Lease ``chunk`` (or ``WHOLE``) to ``owner`` until now + ttl; None if another owner
+        holds a live lease on it, the chunk is done, or the one-writer rule forbids it (see
+        the module docstring). Claiming what one already holds live renews it (same token)."""
 
     @abstractmethod
     async def claim_next(
@@ -122,6 +134,16 @@ class ClaimStore(Openable):
     async def release(self, claim: Claim, done: bool = False) -> None:
         """Give the lease up; ``done=True`` marks the chunk complete, never to be claimed again.
         Raises as ``extend`` does."""
+
+    @abstractmethod
+    async def holders(self, pipeline: str) -> list[ChunkState]:
+        """The live leases on the pipeline (``WHOLE`` included), in chunk order."""
+
+    @abstractmethod
+    async def expire(self, pipeline: str, state: ChunkState) -> bool:
+        """End the lease ``state`` describes now, if its row still has that owner and token
+        (False otherwise): for a holder known to be dead, so that its work can be taken over
+        without waiting for the lease to run out."""
 
     @abstractmethod
     async def find_available(
@@ -171,7 +193,7 @@ class ClaimStore(Openable):
 
     @abstractmethod
     async def chunks(self, pipeline: str) -> list[ChunkState]:
-        """Every chunk row of the pipeline in chunk order, for status displays."""
+        """Every chunk row of the pipeline in chunk order (``WHOLE`` left out)."""
 
     @abstractmethod
     async def completed_prefix(self, pipeline: str) -> int:
@@ -190,10 +212,21 @@ def check_ttl(ttl: float) -> float:
 
 
 def check_chunk(chunk: int) -> int:
-    """``chunk`` if it is a chunk number (an int >= 0), else ValueError."""
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
-        raise ValueError(f"chunk must be an int >= 0, not {chunk!r}")
+    """``chunk`` if it is a chunk number (an int >= 0) or ``WHOLE``, else ValueError."""
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < WHOLE:
+        raise ValueError(f"chunk must be an int >= 0 or WHOLE, not {chunk!r}")
     return chunk
+
+
+def describe(state: ChunkState, now: float) -> str:
+    """Who holds a lease and for how long, for errors: ``host:pid since 12:01:03 (lease
+    renewed 2 s ago)``."""
+    text = f"{state.owner}"
+    if state.claimed_at is not None:
+        text += f" since {time.strftime('%H:%M:%S', time.localtime(state.claimed_at))}"
+    if state.renewed_at is not None:
+        text += f" (lease renewed {max(0.0, now - state.renewed_at):.0f} s ago)"
+    return text
 
 
 def chunk_bounds(chunks: range | None) -> tuple[int, int]:
@@ -230,7 +263,9 @@ def check_holder(
 ) -> None:
     """Raise unless ``row`` (owner, token, expires_at, done) is still ``claim``'s lease; with
     ``live`` the lease must also not have expired."""
-    where = f"pipeline {claim.pipeline!r} chunk {claim.chunk}"
+    where = f"pipeline {claim.pipeline!r} " + (
+        "(its writer's lease)" if claim.chunk == WHOLE else f"chunk {claim.chunk}"
+    )
     if row is None:
         raise ClaimNotFound(f"{where}: no such chunk has been claimed")
     holder, token, expires_at, _done = row

@@ -16,6 +16,17 @@ from ._base import ChunkLayout, ChunkState, Claim, ClaimStore, Clock
 
 __all__ = ["PostgresClaimStore"]
 
+#: Columns later versions added, for tables an earlier version created.
+_ADDED_COLUMNS = {"claimed_at": "DOUBLE PRECISION", "renewed_at": "DOUBLE PRECISION"}
+_STATE = "chunk, owner, token, expires_at, done, progress, claimed_at, renewed_at"
+
+
+def _state(row: Any) -> ChunkState:
+    chunk, owner, token, expires_at, done, progress, claimed_at, renewed_at = row
+    return ChunkState(
+        int(chunk), owner, int(token), expires_at, done, progress, claimed_at, renewed_at
+    )
+
 
 class PostgresClaimStore(ClaimStore):
     """Leases, progress and completion of chunks in PostgreSQL, through an asyncpg pool.
@@ -59,13 +70,17 @@ class PostgresClaimStore(ClaimStore):
                         WHERE pipeline = $1 AND chunk = $2 FOR UPDATE"""
         # $3 owner, $4 now, $5 new expiry. Takes the row only when it is free, expired or the
         # caller's; the row lock makes a concurrent claimer re-check against the winner's row.
+        # A new token starts a new claim (claimed_at); keeping the token renews the one held.
         self._claim = f"""
-            INSERT INTO {t} AS c (pipeline, chunk, owner, token, expires_at)
-            VALUES ($1, $2, $3, 1, $5)
+            INSERT INTO {t} AS c
+                (pipeline, chunk, owner, token, expires_at, claimed_at, renewed_at)
+            VALUES ($1, $2, $3, 1, $5, $4, $4)
             ON CONFLICT (pipeline, chunk) DO UPDATE
-            SET owner = excluded.owner, expires_at = excluded.expires_at,
+            SET owner = excluded.owner, expires_at = excluded.expires_at, renewed_at = $4,
                 token = CASE WHEN c.owner = excluded.owner AND c.expires_at > $4
-                             THEN c.token ELSE c.token + 1 END
+                             THEN c.token ELSE c.token + 1 END,
+                claimed_at = CASE WHEN c.owner = excluded.owner AND c.expires_at > $4
+                                  THEN c.claimed_at ELSE $4 END
             WHERE NOT c.done AND (c.owner IS NULL OR c.expires_at <= $4 OR c.owner = $3)
             RETURNING c.token"""
         self._available = f"""
@@ -75,9 +90,20 @@ class PostgresClaimStore(ClaimStore):
             ORDER BY chunk LIMIT $5 FOR UPDATE SKIP LOCKED"""
         self._claim_next = f"""
             WITH pick AS ({self._available})
-            UPDATE {t} AS c SET owner = $6, token = c.token + 1, expires_at = $7
+            UPDATE {t} AS c SET owner = $6, token = c.token + 1, expires_at = $7,
+                                claimed_at = $2, renewed_at = $2
             FROM pick WHERE c.pipeline = $1 AND c.chunk = pick.chunk
             RETURNING c.chunk, c.token"""
+        # The one-writer rule ($1 pipeline, $2 now, $3 owner): a live lease on the whole
+        # pipeline, or on any of its chunks. Claims of one pipeline take one advisory lock,
+        # so that the rule is checked and the claim made without a concurrent claim between.
+        self._lock_pipeline = "SELECT pg_advisory_xact_lock(7621, hashtext($1))"
+        self._whole_held = f"""
+            SELECT EXISTS (SELECT 1 FROM {t} WHERE pipeline = $1 AND chunk = {_base.WHOLE}
+                           AND owner IS NOT NULL AND expires_at > $2 AND owner <> $3)"""
+        self._chunk_held = f"""
+            SELECT EXISTS (SELECT 1 FROM {t} WHERE pipeline = $1 AND chunk >= 0
+                           AND owner IS NOT NULL AND expires_at > $2)"""
         self._set_progress = f"UPDATE {t} SET progress = $3 WHERE pipeline = $1 AND chunk = $2"
 
     def __repr__(self) -> str:
@@ -96,11 +122,24 @@ class PostgresClaimStore(ClaimStore):
             expires_at DOUBLE PRECISION,
             done BOOLEAN NOT NULL DEFAULT false,
             progress BIGINT,
+            claimed_at DOUBLE PRECISION,
+            renewed_at DOUBLE PRECISION,
             PRIMARY KEY (pipeline, chunk)"""
         layouts = """pipeline TEXT PRIMARY KEY,
             first_checkpoint BIGINT NOT NULL,
             chunk_size BIGINT NOT NULL"""
         await create_missing(conn, self.schema, {self._table: claims, self._layouts: layouts})
+        present = await conn.fetchval(
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = $1"
+            " AND table_name = 'indexer_claims' AND column_name = ANY($2::text[])",
+            self.schema,
+            list(_ADDED_COLUMNS),
+        )
+        if present < len(_ADDED_COLUMNS):  # a table an earlier version created
+            added = ", ".join(
+                f"ADD COLUMN IF NOT EXISTS {c} {k}" for c, k in _ADDED_COLUMNS.items()
+            )
+            await conn.execute(f"ALTER TABLE {self._table} {added}")
 
     async def close(self) -> None:
         """Close the pool; idempotent."""
@@ -120,9 +159,14 @@ class PostgresClaimStore(ClaimStore):
         ttl = _base.check_ttl(ttl)
         now = self.clock()
         expires = now + ttl
-        token = await self._db.run(
-            "claim", lambda c: c.fetchval(self._claim, pipeline, chunk, owner, now, expires)
-        )
+
+        async def claim(conn: asyncpg.Connection) -> Any:
+            async with conn.transaction():
+                if await self._forbidden(conn, pipeline, chunk, owner, now):
+                    return None
+                return await conn.fetchval(self._claim, pipeline, chunk, owner, now, expires)
+
+        token = await self._db.run("claim", claim)
         return None if token is None else Claim(pipeline, chunk, owner, int(token), expires)
 
     async def claim_next(
@@ -133,22 +177,28 @@ class PostgresClaimStore(ClaimStore):
         low, high = _base.chunk_bounds(chunks)
         now = self.clock()
         expires = now + ttl
-        row = await self._db.run(
-            "claim",
-            lambda c: c.fetchrow(self._claim_next, pipeline, now, low, high, 1, owner, expires),
-        )
+        args = (pipeline, now, low, high, 1, owner, expires)
+
+        async def claim_next(conn: asyncpg.Connection) -> Any:
+            async with conn.transaction():
+                if await self._forbidden(conn, pipeline, 0, owner, now):
+                    return None
+                return await conn.fetchrow(self._claim_next, *args)
+
+        row = await self._db.run("claim", claim_next)
         return None if row is None else Claim(pipeline, int(row[0]), owner, int(row[1]), expires)
 
     async def extend(self, claim: Claim, ttl: float) -> Claim:
         """Renew the lease to now + ttl; ClaimLost / ClaimNotFound when it is not ours."""
         ttl = _base.check_ttl(ttl)
-        sql = f"UPDATE {self._table} SET expires_at = $3 WHERE pipeline = $1 AND chunk = $2"
+        sql = f"""UPDATE {self._table} SET expires_at = $3, renewed_at = $4
+                  WHERE pipeline = $1 AND chunk = $2"""
 
         async def extend(conn: asyncpg.Connection) -> float:
             async with conn.transaction():
-                expires = await self._check(conn, claim, live=False) + ttl
-                await conn.execute(sql, claim.pipeline, claim.chunk, expires)
-            return expires
+                now = await self._check(conn, claim, live=False)
+                await conn.execute(sql, claim.pipeline, claim.chunk, now + ttl, now)
+            return now + ttl
 
         expires = await self._db.run("extend a claim", extend)
         return Claim(claim.pipeline, claim.chunk, claim.owner, claim.token, expires)
@@ -164,6 +214,22 @@ class PostgresClaimStore(ClaimStore):
                 await conn.execute(sql, claim.pipeline, claim.chunk, done)
 
         await self._db.run("release a claim", release)
+
+    async def holders(self, pipeline: str) -> list[ChunkState]:
+        """The live leases on the pipeline (``WHOLE`` included), in chunk order."""
+        sql = f"""SELECT {_STATE} FROM {self._table}
+                  WHERE pipeline = $1 AND owner IS NOT NULL AND expires_at > $2 ORDER BY chunk"""
+        now = self.clock()
+        rows = await self._db.run("list lease holders", lambda c: c.fetch(sql, pipeline, now))
+        return [_state(row) for row in rows]
+
+    async def expire(self, pipeline: str, state: ChunkState) -> bool:
+        """End ``state``'s lease now if nobody took it since."""
+        sql = f"""UPDATE {self._table} SET expires_at = $5
+                  WHERE pipeline = $1 AND chunk = $2 AND owner = $3 AND token = $4"""
+        args = (pipeline, state.chunk, state.owner, state.token, self.clock())
+        status = await self._db.run("end a lease", lambda c: c.execute(sql, *args))
+        return status.endswith(" 1")
 
     async def find_available(
         self, pipeline: str, limit: int, chunks: range | None = None
@@ -251,10 +317,10 @@ class PostgresClaimStore(ClaimStore):
 
     async def chunks(self, pipeline: str) -> list[ChunkState]:
         """Every chunk row of the pipeline in chunk order."""
-        sql = f"""SELECT chunk, owner, token, expires_at, done, progress FROM {self._table}
-                  WHERE pipeline = $1 ORDER BY chunk"""
+        sql = f"""SELECT {_STATE} FROM {self._table}
+                  WHERE pipeline = $1 AND chunk >= 0 ORDER BY chunk"""
         rows = await self._db.run("list chunks", lambda c: c.fetch(sql, pipeline))
-        return [ChunkState(int(c), o, int(t), e, d, p) for c, o, t, e, d, p in rows]
+        return [_state(row) for row in rows]
 
     async def completed_prefix(self, pipeline: str) -> int:
         """How many chunks from chunk 0 on are done without a gap."""
@@ -268,6 +334,16 @@ class PostgresClaimStore(ClaimStore):
         )
 
     # --- plumbing ------------------------------------------------------------------------------
+
+    async def _forbidden(
+        self, conn: asyncpg.Connection, pipeline: str, chunk: int, owner: str, now: float
+    ) -> bool:
+        """Whether the one-writer rule forbids ``owner`` to claim ``chunk`` now (in the
+        caller's transaction, holding the pipeline's claim lock)."""
+        await conn.execute(self._lock_pipeline, pipeline)
+        if chunk == _base.WHOLE:
+            return bool(await conn.fetchval(self._chunk_held, pipeline, now))
+        return bool(await conn.fetchval(self._whole_held, pipeline, now, owner))
 
     async def _check(self, conn: asyncpg.Connection, claim: Claim, *, live: bool) -> float:
         """Lock the chunk's row and raise unless it is still ``claim``'s lease; returns now."""

@@ -7,10 +7,11 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
-from .._sqlite import SharedConnection, rollback
+from .._sqlite import SharedConnection, fetch, rollback
 from . import _base
 from ._base import ChunkLayout, ChunkState, Claim, ClaimStore, Clock
 
@@ -24,8 +25,13 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS indexer_claims (
     expires_at REAL,
     done INTEGER NOT NULL DEFAULT 0,
     progress INTEGER,
+    claimed_at REAL,
+    renewed_at REAL,
     PRIMARY KEY (pipeline, chunk)
 )"""
+#: Columns later versions added, for files an earlier version created.
+_ADDED_COLUMNS = {"claimed_at": "REAL", "renewed_at": "REAL"}
+_COLUMNS = "PRAGMA table_info(indexer_claims)"
 _LAYOUT_SCHEMA = """CREATE TABLE IF NOT EXISTS indexer_chunk_layouts (
     pipeline TEXT PRIMARY KEY,
     first_checkpoint INTEGER NOT NULL,
@@ -33,11 +39,24 @@ _LAYOUT_SCHEMA = """CREATE TABLE IF NOT EXISTS indexer_chunk_layouts (
 )"""
 
 _ROW = "SELECT owner, token, expires_at, done FROM indexer_claims WHERE pipeline = ? AND chunk = ?"
+# A new token starts a new claim (claimed_at); keeping the token renews the one held.
 _UPSERT = """
-    INSERT INTO indexer_claims (pipeline, chunk, owner, token, expires_at) VALUES (?, ?, ?, ?, ?)
+    INSERT INTO indexer_claims (pipeline, chunk, owner, token, expires_at, claimed_at, renewed_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (pipeline, chunk) DO UPDATE
-    SET owner = excluded.owner, token = excluded.token, expires_at = excluded.expires_at
+    SET owner = excluded.owner, token = excluded.token, expires_at = excluded.expires_at,
+        claimed_at = CASE WHEN indexer_claims.token = excluded.token
+                          THEN indexer_claims.claimed_at ELSE excluded.claimed_at END,
+        renewed_at = excluded.renewed_at
 """
+_STATE = "chunk, owner, token, expires_at, done, progress, claimed_at, renewed_at"
+# The one-writer rule: a live lease on the whole pipeline, or on any of its chunks.
+_WHOLE_HELD = f"""
+    SELECT 1 FROM indexer_claims WHERE pipeline = ? AND chunk = {_base.WHOLE}
+      AND owner IS NOT NULL AND expires_at > ? AND owner != ?"""
+_CHUNK_HELD = """
+    SELECT 1 FROM indexer_claims WHERE pipeline = ? AND chunk >= 0
+      AND owner IS NOT NULL AND expires_at > ?"""
 _AVAILABLE = """
     SELECT chunk FROM indexer_claims
     WHERE pipeline = ? AND NOT done AND (owner IS NULL OR expires_at <= ?)
@@ -58,6 +77,11 @@ _PREFIX = """
         FROM indexer_claims WHERE pipeline = ? AND done
     ) WHERE chunk = rank
 """
+
+
+def _state(row: tuple[Any, ...]) -> ChunkState:
+    chunk, owner, token, expires_at, done, progress, claimed_at, renewed_at = row
+    return ChunkState(chunk, owner, token, expires_at, bool(done), progress, claimed_at, renewed_at)
 
 
 class SqliteClaimStore(ClaimStore):
@@ -87,6 +111,7 @@ class SqliteClaimStore(ClaimStore):
             schema=(_SCHEMA, _LAYOUT_SCHEMA),
             busy_timeout=busy_timeout,
             opener=self.open,
+            setup=self._add_columns,
         )
 
     def __repr__(self) -> str:
@@ -95,6 +120,21 @@ class SqliteClaimStore(ClaimStore):
     async def open(self) -> None:
         """Connect, create the parent directory and the tables; idempotent."""
         await self._db.open()
+
+    @staticmethod
+    async def _add_columns(conn: aiosqlite.Connection) -> None:
+        """Add the columns a file an earlier version made lacks (under the write lock, so that
+        processes opening it together add each once)."""
+        await fetch(conn, "BEGIN IMMEDIATE")
+        try:
+            present = {row[1] for row in await fetch(conn, _COLUMNS)}
+            for name, kind in _ADDED_COLUMNS.items():
+                if name not in present:
+                    await fetch(conn, f"ALTER TABLE indexer_claims ADD COLUMN {name} {kind}")
+            await fetch(conn, "COMMIT")
+        except BaseException:
+            await rollback(conn)
+            raise
 
     async def close(self) -> None:
         """Close the connection, after any open transaction has ended; idempotent."""
@@ -112,11 +152,13 @@ class SqliteClaimStore(ClaimStore):
         ttl = _base.check_ttl(ttl)
         async with self._immediate("claim") as conn:
             now = self.clock()
+            if await self._forbidden(conn, pipeline, chunk, owner, now):
+                return None
             rows = await self._db.checked(conn, "claim", _ROW, (pipeline, chunk))
             token = _base.new_token(rows[0] if rows else None, owner, now)
             if token is None:
                 return None
-            params = (pipeline, chunk, owner, token, now + ttl)
+            params = (pipeline, chunk, owner, token, now + ttl, now, now)
             await self._db.checked(conn, "claim", _UPSERT, params)
         return Claim(pipeline, chunk, owner, token, now + ttl)
 
@@ -128,6 +170,8 @@ class SqliteClaimStore(ClaimStore):
         low, high = _base.chunk_bounds(chunks)
         async with self._immediate("claim") as conn:
             now = self.clock()
+            if await self._forbidden(conn, pipeline, 0, owner, now):
+                return None
             found = await self._db.checked(conn, "claim", _AVAILABLE, (pipeline, now, low, high, 1))
             if not found:
                 return None
@@ -135,9 +179,8 @@ class SqliteClaimStore(ClaimStore):
             row = (await self._db.checked(conn, "claim", _ROW, (pipeline, chunk)))[0]
             token = _base.new_token(row, owner, now)
             assert token is not None  # available, and the write lock is ours
-            await self._db.checked(
-                conn, "claim", _UPSERT, (pipeline, chunk, owner, token, now + ttl)
-            )
+            params = (pipeline, chunk, owner, token, now + ttl, now, now)
+            await self._db.checked(conn, "claim", _UPSERT, params)
         return Claim(pipeline, chunk, owner, token, now + ttl)
 
     async def extend(self, claim: Claim, ttl: float) -> Claim:
@@ -145,9 +188,10 @@ class SqliteClaimStore(ClaimStore):
         ttl = _base.check_ttl(ttl)
         async with self._immediate("extend a claim") as conn:
             now = await self._check(conn, claim, live=False)
-            sql = "UPDATE indexer_claims SET expires_at = ? WHERE pipeline = ? AND chunk = ?"
+            sql = """UPDATE indexer_claims SET expires_at = ?, renewed_at = ?
+                     WHERE pipeline = ? AND chunk = ?"""
             await self._db.checked(
-                conn, "extend a claim", sql, (now + ttl, claim.pipeline, claim.chunk)
+                conn, "extend a claim", sql, (now + ttl, now, claim.pipeline, claim.chunk)
             )
         return Claim(claim.pipeline, claim.chunk, claim.owner, claim.token, now + ttl)
 
@@ -160,6 +204,24 @@ class SqliteClaimStore(ClaimStore):
             await self._db.checked(
                 conn, "release a claim", sql, (done, claim.pipeline, claim.chunk)
             )
+
+    async def holders(self, pipeline: str) -> list[ChunkState]:
+        """The live leases on the pipeline (``WHOLE`` included), in chunk order."""
+        sql = f"""SELECT {_STATE} FROM indexer_claims
+                  WHERE pipeline = ? AND owner IS NOT NULL AND expires_at > ? ORDER BY chunk"""
+        rows = await self._db.run("list lease holders", sql, (pipeline, self.clock()))
+        return [_state(row) for row in rows]
+
+    async def expire(self, pipeline: str, state: ChunkState) -> bool:
+        """End ``state``'s lease now if nobody took it since."""
+        sql = """UPDATE indexer_claims SET expires_at = ?
+                 WHERE pipeline = ? AND chunk = ? AND owner = ? AND token = ?"""
+        params = (self.clock(), pipeline, state.chunk, state.owner, state.token)
+        async with self._immediate("end a lease") as conn:
+            rows = await self._db.checked_all(
+                conn, "end a lease", [(sql, params), ("SELECT changes()", ())]
+            )
+        return bool(rows[0][0])
 
     async def find_available(
         self, pipeline: str, limit: int, chunks: range | None = None
@@ -224,11 +286,11 @@ class SqliteClaimStore(ClaimStore):
         return [row[0] for row in await self._db.run("list chunked pipelines", sql)]
 
     async def chunks(self, pipeline: str) -> list[ChunkState]:
-        """Every chunk row of the pipeline in chunk order."""
-        sql = """SELECT chunk, owner, token, expires_at, done, progress FROM indexer_claims
-                 WHERE pipeline = ? ORDER BY chunk"""
+        """Every chunk row of the pipeline in chunk order (``WHOLE`` left out)."""
+        sql = f"""SELECT {_STATE} FROM indexer_claims
+                  WHERE pipeline = ? AND chunk >= 0 ORDER BY chunk"""
         rows = await self._db.run("list chunks", sql, (pipeline,))
-        return [ChunkState(c, o, t, e, bool(d), p) for c, o, t, e, d, p in rows]
+        return [_state(row) for row in rows]
 
     async def completed_prefix(self, pipeline: str) -> int:
         """How many chunks from chunk 0 on are done without a gap."""
@@ -236,6 +298,15 @@ class SqliteClaimStore(ClaimStore):
         return int(rows[0][0])
 
     # --- plumbing ------------------------------------------------------------------------------
+
+    async def _forbidden(
+        self, conn: aiosqlite.Connection, pipeline: str, chunk: int, owner: str, now: float
+    ) -> bool:
+        """Whether the one-writer rule forbids ``owner`` to claim ``chunk`` now: the whole
+        pipeline while a chunk is held, a chunk while the whole pipeline is."""
+        if chunk == _base.WHOLE:
+            return bool(await self._db.checked(conn, "claim", _CHUNK_HELD, (pipeline, now)))
+        return bool(await self._db.checked(conn, "claim", _WHOLE_HELD, (pipeline, now, owner)))
 
     async def _check(self, conn: aiosqlite.Connection, claim: Claim, *, live: bool) -> float:
         """Raise unless the chunk's row is still ``claim``'s lease; returns the clock's now."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from abc import abstractmethod
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -38,6 +40,22 @@ class ProgressStore(Openable):
     async def close(self) -> None:
         """Release connections and files (idempotent)."""
         self.is_open = False
+
+    def hold(
+        self,
+        pipelines: Sequence[str],
+        *,
+        owner: str,
+        ttl: float,
+        on_lost: Callable[[str, str], None],
+    ) -> AbstractAsyncContextManager[ProgressStore]:
+        """While inside, ``owner`` is the one writer of ``pipelines`` in this store: what it
+        yields is the store to write through. Raises ``PipelineHeld`` (naming the holder) when
+        another writer holds one. A store on a database leases each pipeline for ``ttl``
+        seconds, renewed on a heartbeat, and fences every write with the lease; when a lease
+        is lost ``on_lost(pipeline, reason)`` is called (its writes are refused from then on).
+        By default a store is one process's own: there is nothing to hold."""
+        return contextlib.nullcontext(self)
 
     @abstractmethod
     async def load(self, pipeline: str) -> int | None:

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 import msgspec
 
 from ..durable import write_atomically
-from ..errors import ProgressStoreError
+from ..errors import PipelineHeld, ProgressStoreError
 from ._base import DeadLetter, ProgressStore
 
 
@@ -48,6 +56,45 @@ class FileProgressStore(ProgressStore):
         self._watermarks = None
         self._dead_letters = {}
         await super().close()
+
+    @asynccontextmanager
+    async def hold(
+        self,
+        pipelines: Sequence[str],
+        *,
+        owner: str,
+        ttl: float,
+        on_lost: Callable[[str, str], None],
+    ) -> AsyncIterator[ProgressStore]:
+        """One writer at a time: an OS lock (``flock``) on ``PATH.lock``, which the OS frees when
+        its holder ends, however it ends; the lock file names the holder. Without ``fcntl``
+        (Windows) nothing is held."""
+        if fcntl is None:
+            yield self
+            return
+        lock = self.path.with_name(f"{self.path.name}.lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another run"
+                names = ", ".join(map(repr, pipelines))
+                raise PipelineHeld(
+                    f"progress file {self.path} (pipelines {names}) is held by {holder}; "
+                    "stop it first"
+                ) from None
+            since = time.strftime("%H:%M:%S")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{owner} since {since}\n".encode(), 0)
+            try:
+                yield self
+            finally:
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     async def load(self, pipeline: str) -> int | None:
         """The pipeline's watermark, or None when it has never saved one."""

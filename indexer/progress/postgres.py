@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from .._dsn import mask_dsn
 from .._postgres import SharedPool, create_missing, quote_ident
-from ._base import DeadLetter, TransactionalProgressStore
+from ._base import DeadLetter
+from .leased import DatabaseStore
+
+if TYPE_CHECKING:
+    from ..claims import PostgresClaimStore
 
 __all__ = ["PostgresProgressStore"]
 
 
-class PostgresProgressStore(TransactionalProgressStore):
+class PostgresProgressStore(DatabaseStore):
     """Watermarks and dead letters in PostgreSQL, through an asyncpg pool.
 
     Tables are created in ``schema`` when missing. A failure is one ProgressStoreError naming
@@ -144,6 +148,21 @@ class PostgresProgressStore(TransactionalProgressStore):
         )
         rows = await self._db.run("load dead letters", lambda c: c.fetch(sql, pipeline))
         return [DeadLetter(p, int(s), e or "", float(r or 0.0)) for p, s, e, r in rows]
+
+    def claim_store(self) -> PostgresClaimStore:
+        """The claim store in this store's database and schema."""
+        from ..claims import PostgresClaimStore
+
+        return PostgresClaimStore(
+            self.dsn, schema=self.schema, application_name=self.application_name
+        )
+
+    async def raise_watermark(
+        self, connection: asyncpg.Connection, pipeline: str, watermark: int
+    ) -> int:
+        """Raise the watermark (rise-only) in ``connection``'s open transaction; returns the
+        value now stored."""
+        return int(await connection.fetchval(self._save, pipeline, watermark))
 
     @asynccontextmanager
     async def transaction(self, pipeline: str, watermark: int) -> AsyncIterator[asyncpg.Connection]:

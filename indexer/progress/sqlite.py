@@ -7,12 +7,16 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
 from .._sqlite import SharedConnection, rollback
-from ._base import DeadLetter, TransactionalProgressStore
+from ._base import DeadLetter
+from .leased import DatabaseStore
+
+if TYPE_CHECKING:
+    from ..claims import SqliteClaimStore
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS indexer_watermarks (
@@ -53,7 +57,7 @@ _LOAD = "SELECT next_checkpoint FROM indexer_watermarks WHERE pipeline = ?"
 _ORDER = " ORDER BY sequence_number, pipeline"
 
 
-class SqliteProgressStore(TransactionalProgressStore):
+class SqliteProgressStore(DatabaseStore):
     """Watermarks and dead letters in SQLite (WAL, ``synchronous=FULL``) via aiosqlite.
 
     One connection serves the store; an asyncio lock keeps ``save`` and an open ``transaction``
@@ -118,6 +122,21 @@ class SqliteProgressStore(TransactionalProgressStore):
             params = (pipeline,)
         rows = await self._db.run("load dead letters", sql + _ORDER, params)
         return [DeadLetter(p, s, e, r) for p, s, e, r in rows]
+
+    def claim_store(self) -> SqliteClaimStore:
+        """The claim store in this store's file."""
+        from ..claims import SqliteClaimStore
+
+        return SqliteClaimStore(self.path)
+
+    async def raise_watermark(
+        self, connection: aiosqlite.Connection, pipeline: str, watermark: int
+    ) -> int:
+        """Raise the watermark (rise-only) in ``connection``'s open transaction; returns the
+        value now stored."""
+        statements = [(_RAISE, (pipeline, watermark, time.time())), (_LOAD, (pipeline,))]
+        rows = await self._db.checked_all(connection, "save", statements)
+        return int(rows[0][0])
 
     @asynccontextmanager
     async def transaction(

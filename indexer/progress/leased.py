@@ -1,0 +1,123 @@
+"""One writer per pipeline on a database store: a run's leases on the pipelines it writes, and
+the store it writes through, every write fenced by its lease."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from ..errors import FencingError, ProgressStoreError
+from ._base import DeadLetter, TransactionalProgressStore
+
+if TYPE_CHECKING:
+    from ..claims import Claim, ClaimStore
+
+__all__ = ["LeasedProgressStore", "hold_with_leases"]
+
+
+class LeasedProgressStore(TransactionalProgressStore):
+    """What a run without chunks writes through: ``save`` and ``transaction`` raise the
+    watermark in a transaction of the claim store that holds the pipeline's lease checked and
+    locked (``ClaimStore.fenced``), so a run that lost its lease writes nothing. The rest goes
+    to ``inner``, the real store (which ``base_store`` finds: a sink that shares its database
+    writes in the fenced transaction)."""
+
+    def __init__(self, inner: DatabaseStore, claims: ClaimStore, leases: dict[str, Claim]) -> None:
+        self.inner = inner
+        self.claims = claims
+        self.leases = leases
+
+    async def open(self) -> None:  # the run opened both stores
+        await super().open()
+
+    async def close(self) -> None:  # hold_with_leases closes them
+        await super().close()
+
+    async def load(self, pipeline: str) -> int | None:
+        return await self.inner.load(pipeline)
+
+    async def save(self, pipeline: str, watermark: int) -> int:
+        async with self.claims.fenced(self.leases[pipeline]) as connection:
+            return await self.inner.raise_watermark(connection, pipeline, watermark)
+
+    @asynccontextmanager
+    async def transaction(self, pipeline: str, watermark: int) -> AsyncIterator[Any]:
+        async with self.claims.fenced(self.leases[pipeline]) as connection:
+            yield connection
+            await self.inner.raise_watermark(connection, pipeline, watermark)
+
+    async def reset(self, pipeline: str, watermark: int) -> None:
+        await self.inner.reset(pipeline, watermark)
+
+    async def watermarks(self) -> dict[str, int]:
+        return await self.inner.watermarks()
+
+    async def add_dead_letter(self, pipeline: str, sequence_number: int, error: str) -> None:
+        await self.inner.add_dead_letter(pipeline, sequence_number, error)
+
+    async def dead_letters(self, pipeline: str | None = None) -> list[DeadLetter]:
+        return await self.inner.dead_letters(pipeline)
+
+
+class DatabaseStore(TransactionalProgressStore):
+    """A store whose database also keeps leases: SQLite and PostgreSQL."""
+
+    def claim_store(self) -> ClaimStore:
+        """The claim store on this store's database (and schema)."""
+        raise NotImplementedError
+
+    async def raise_watermark(self, connection: Any, pipeline: str, watermark: int) -> int:
+        """Raise ``pipeline``'s watermark (rise-only) with ``connection``, inside its open
+        transaction; returns the value now stored."""
+        raise NotImplementedError
+
+    def hold(
+        self,
+        pipelines: Sequence[str],
+        *,
+        owner: str,
+        ttl: float,
+        on_lost: Callable[[str, str], None],
+    ) -> contextlib.AbstractAsyncContextManager[TransactionalProgressStore]:
+        return hold_with_leases(self, pipelines, owner=owner, ttl=ttl, on_lost=on_lost)
+
+
+@asynccontextmanager
+async def hold_with_leases(
+    store: DatabaseStore,
+    pipelines: Sequence[str],
+    *,
+    owner: str,
+    ttl: float,
+    on_lost: Callable[[str, str], None],
+) -> AsyncIterator[LeasedProgressStore]:
+    """Lease each of ``pipelines`` whole to ``owner`` (PipelineHeld when another writer holds
+    one), keep the leases alive while inside (``on_lost(pipeline, reason)`` when one is lost),
+    and release them after."""
+    from ..claims.lease import hold_whole, keep_alive
+
+    claims = store.claim_store()
+    leases: dict[str, Claim] = {}
+    renewals: list[asyncio.Task[None]] = []
+    try:
+        for pipeline in pipelines:
+            leases[pipeline] = await hold_whole(claims, pipeline, owner, ttl)
+        for pipeline, lease in leases.items():
+            lost = _reporter(on_lost, pipeline)
+            renewals.append(asyncio.create_task(keep_alive(claims, lease, ttl, lost), name="lease"))
+        yield LeasedProgressStore(store, claims, leases)
+    finally:
+        for task in renewals:
+            task.cancel()
+        await asyncio.gather(*renewals, return_exceptions=True)
+        for lease in leases.values():
+            with contextlib.suppress(FencingError, ProgressStoreError):
+                await claims.release(lease)
+        await claims.close()
+
+
+def _reporter(on_lost: Callable[[str, str], None], pipeline: str) -> Callable[[str], None]:
+    return lambda reason: on_lost(pipeline, reason)
