@@ -47,6 +47,20 @@ class FencingError(IndexerError):
     lease taken over, or released): retrying cannot help, the writer must stop."""
 
 
+class AlreadyCommitted(IndexerError):
+    """A retried commit found its batch committed already: the store's position covers it
+    (the reply to an earlier attempt's COMMIT was lost). There is nothing left to write."""
+
+    @classmethod
+    def check(cls, pipeline: str, stored: int | None, upto: int) -> None:
+        """Raise when the stored position ``stored`` already covers a commit up to ``upto``."""
+        if stored is not None and stored >= upto:
+            raise cls(
+                f"pipeline {pipeline!r}: the commit up to {upto} was committed already "
+                f"(stored position {stored})"
+            )
+
+
 class PipelineHeld(ConfigurationError):
     """Another writer holds a pipeline this run would write (one writer per pipeline); the
     message names it. Exit code 2: the run refuses at start, having written nothing."""

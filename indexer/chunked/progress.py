@@ -45,8 +45,10 @@ class ChunkProgressStore(TransactionalProgressStore):
         await self.claims.save_progress(self.claim, watermark)
         return watermark
 
-    def transaction(self, pipeline: str, watermark: int) -> AbstractAsyncContextManager[Any]:
-        return self.claims.fenced(self.claim, watermark)
+    def transaction(
+        self, pipeline: str, watermark: int, *, recheck: bool = False
+    ) -> AbstractAsyncContextManager[Any]:
+        return self.claims.fenced(self.claim, watermark, recheck=recheck)
 
     async def reset(self, pipeline: str, watermark: int) -> None:
         raise NotImplementedError("reset a chunked pipeline through its progress store")

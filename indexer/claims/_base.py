@@ -163,14 +163,18 @@ class ClaimStore(Openable):
 
     @abstractmethod
     def fenced(
-        self, claim: Claim, next_checkpoint: int | None = None
+        self, claim: Claim, next_checkpoint: int | None = None, *, recheck: bool = False
     ) -> AbstractAsyncContextManager[Any]:
         """Yield a connection inside a transaction that holds the lease checked and locked.
 
-        Raises ClaimLost (or ClaimNotFound) on entry when the lease is not live. On a clean exit
-        ``next_checkpoint`` (when given) is saved as the chunk's progress and everything commits
-        at once; when the block raises, everything rolls back. This makes a sink in the same
-        database exactly-once: a stale owner can never commit. Do not call the store inside it.
+        Raises ClaimLost (or ClaimNotFound) on entry when the lease is not live, and checks it
+        again before committing (a holder frozen inside the transaction past its lease commits
+        nothing). On a clean exit ``next_checkpoint`` (when given) is saved as the chunk's
+        progress and everything commits at once; when the block raises, everything rolls
+        back. With ``recheck`` (a retry after a failure whose outcome is unknown) it raises
+        ``AlreadyCommitted`` on entry when the chunk's saved progress already covers
+        ``next_checkpoint``. This makes a sink in the same database exactly-once: a stale
+        owner can never commit. Do not call the store inside it.
         """
 
     @abstractmethod

@@ -11,6 +11,7 @@ import asyncpg
 
 from .._dsn import mask_dsn
 from .._postgres import ERRORS, SharedPool, create_missing, quote_ident
+from ..errors import AlreadyCommitted
 from . import _base
 from ._base import ChunkLayout, ChunkState, Claim, ClaimStore, Clock
 
@@ -105,6 +106,7 @@ class PostgresClaimStore(ClaimStore):
             SELECT EXISTS (SELECT 1 FROM {t} WHERE pipeline = $1 AND chunk >= 0
                            AND owner IS NOT NULL AND expires_at > $2)"""
         self._set_progress = f"UPDATE {t} SET progress = $3 WHERE pipeline = $1 AND chunk = $2"
+        self._progress = f"SELECT progress FROM {t} WHERE pipeline = $1 AND chunk = $2"
 
     def __repr__(self) -> str:
         return f"PostgresClaimStore({mask_dsn(self.dsn)!r}, schema={self.schema!r})"
@@ -255,24 +257,29 @@ class PostgresClaimStore(ClaimStore):
 
     async def progress(self, pipeline: str, chunk: int) -> int | None:
         """The chunk's saved next checkpoint, or None."""
-        sql = f"SELECT progress FROM {self._table} WHERE pipeline = $1 AND chunk = $2"
-        value = await self._db.run("load progress", lambda c: c.fetchval(sql, pipeline, chunk))
+        value = await self._db.run(
+            "load progress", lambda c: c.fetchval(self._progress, pipeline, chunk)
+        )
         return None if value is None else int(value)
 
     @asynccontextmanager
     async def fenced(
-        self, claim: Claim, next_checkpoint: int | None = None
+        self, claim: Claim, next_checkpoint: int | None = None, *, recheck: bool = False
     ) -> AsyncIterator[asyncpg.Connection]:
         """Yield a connection in a transaction that holds the chunk's row ``FOR UPDATE`` (a
-        concurrent claim waits for it) after checking the lease is live; save
-        ``next_checkpoint`` and commit on a clean exit, roll back if the block raises. Errors
-        inside the block propagate unchanged."""
+        concurrent claim waits for it) after checking the lease is live; check it again, save
+        ``next_checkpoint`` and commit on a clean exit, roll back if the block raises (see
+        ``ClaimStore.fenced``). Errors inside the block propagate unchanged."""
         async with self._db.transaction() as conn:
             try:
                 await self._check(conn, claim, live=True)
+                if recheck and next_checkpoint is not None:
+                    progress = await conn.fetchval(self._progress, claim.pipeline, claim.chunk)
+                    AlreadyCommitted.check(claim.pipeline, progress, next_checkpoint)
             except ERRORS as exc:
                 raise self._db.error("begin a fenced transaction", exc) from exc
             yield conn
+            await self._check(conn, claim, live=True)
             if next_checkpoint is not None:
                 await conn.execute(self._set_progress, claim.pipeline, claim.chunk, next_checkpoint)
 

@@ -12,6 +12,7 @@ from typing import Any
 import aiosqlite
 
 from .._sqlite import SharedConnection, fetch, rollback
+from ..errors import AlreadyCommitted
 from . import _base
 from ._base import ChunkLayout, ChunkState, Claim, ClaimStore, Clock
 
@@ -70,6 +71,7 @@ _ENSURE = """
 """
 _LAYOUT = "SELECT first_checkpoint, chunk_size FROM indexer_chunk_layouts WHERE pipeline = ?"
 _SET_PROGRESS = "UPDATE indexer_claims SET progress = ? WHERE pipeline = ? AND chunk = ?"
+_PROGRESS = "SELECT progress FROM indexer_claims WHERE pipeline = ? AND chunk = ?"
 # Done chunks counted while their number equals their rank: the gap-free prefix from 0.
 _PREFIX = """
     SELECT count(*) FROM (
@@ -241,22 +243,33 @@ class SqliteClaimStore(ClaimStore):
 
     async def progress(self, pipeline: str, chunk: int) -> int | None:
         """The chunk's saved next checkpoint, or None."""
-        sql = "SELECT progress FROM indexer_claims WHERE pipeline = ? AND chunk = ?"
-        rows = await self._db.run("load progress", sql, (pipeline, chunk))
+        rows = await self._db.run("load progress", _PROGRESS, (pipeline, chunk))
         return rows[0][0] if rows else None
 
     @asynccontextmanager
     async def fenced(
-        self, claim: Claim, next_checkpoint: int | None = None
+        self, claim: Claim, next_checkpoint: int | None = None, *, recheck: bool = False
     ) -> AsyncIterator[aiosqlite.Connection]:
         """Yield the connection inside ``BEGIN IMMEDIATE`` after checking the lease is live;
-        save ``next_checkpoint`` and commit on a clean exit, roll back if the block raises."""
+        check it again, save ``next_checkpoint`` and commit on a clean exit, roll back if the
+        block raises (see ``ClaimStore.fenced``)."""
         async with self._immediate("begin a fenced transaction") as conn:
             await self._check(conn, claim, live=True)
+            if recheck and next_checkpoint is not None:
+                await self._raise_if_covered(conn, claim, next_checkpoint)
             yield conn
+            await self._check(conn, claim, live=True)
             if next_checkpoint is not None:
                 params = (next_checkpoint, claim.pipeline, claim.chunk)
                 await self._db.checked(conn, "save progress", _SET_PROGRESS, params)
+
+    async def _raise_if_covered(
+        self, conn: aiosqlite.Connection, claim: Claim, next_checkpoint: int
+    ) -> None:
+        rows = await self._db.checked(
+            conn, "check progress", _PROGRESS, (claim.pipeline, claim.chunk)
+        )
+        AlreadyCommitted.check(claim.pipeline, rows[0][0] if rows else None, next_checkpoint)
 
     async def adopt_layout(self, pipeline: str, layout: ChunkLayout) -> ChunkLayout:
         """Record ``layout`` unless the pipeline has one; return the recorded one."""

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .._log import log
-from ..errors import ConfigurationError, FencingError, PipelineHalted
+from ..errors import AlreadyCommitted, ConfigurationError, FencingError, PipelineHalted
 from ..progress import ProgressStore, TransactionalProgressStore, base_store
 from ..reducer import Reducer
 from ..retry import STORE_WRITE_RETRY, RetryAbandoned, logged_retry, retry, sleep_unless_set
@@ -186,9 +186,18 @@ class Committer:
             store = self.store
             assert isinstance(store, TransactionalProgressStore)
 
+            tried = False
+
             async def commit() -> None:
-                async with store.transaction(self.pipeline, upto) as connection:
-                    await reducer.commit_in_transaction(connection, batch)
+                # After a failure the earlier attempt may have committed (its reply lost):
+                # the retry first checks the stored position, in the transaction.
+                nonlocal tried
+                recheck, tried = tried, True
+                try:
+                    async with store.transaction(self.pipeline, upto, recheck=recheck) as conn:
+                        await reducer.commit_in_transaction(conn, batch)
+                except AlreadyCommitted as exc:
+                    log.info(f"{what}: committed already", pipeline=self.pipeline, why=str(exc))
 
             seconds = await self._retrying(commit, reducer.commit_retry, what, batch=True)
             self.saved = max(self.saved, upto)

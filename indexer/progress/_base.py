@@ -87,11 +87,17 @@ class TransactionalProgressStore(ProgressStore):
 
     ``transaction(pipeline, watermark)`` opens a transaction and yields its connection; when the
     block ends without an error the watermark is raised in the same transaction and it commits,
-    otherwise it rolls back and nothing of the batch or the watermark is kept.
+    otherwise it rolls back and nothing of the batch or the watermark is kept. With
+    ``recheck`` (a retry after a failure whose outcome is unknown, such as a connection lost
+    around COMMIT) it first raises ``AlreadyCommitted`` when the stored position already
+    covers ``watermark``: the earlier attempt committed, and writing the batch again would
+    write it twice.
     """
 
     @abstractmethod
-    def transaction(self, pipeline: str, watermark: int) -> AbstractAsyncContextManager[Any]:
+    def transaction(
+        self, pipeline: str, watermark: int, *, recheck: bool = False
+    ) -> AbstractAsyncContextManager[Any]:
         """Open a transaction that also raises ``pipeline``'s watermark when it commits."""
 
 

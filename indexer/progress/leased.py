@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from ..errors import FencingError, ProgressStoreError
+from ..errors import AlreadyCommitted, FencingError, ProgressStoreError
 from ._base import DeadLetter, TransactionalProgressStore
 
 if TYPE_CHECKING:
@@ -44,8 +44,14 @@ class LeasedProgressStore(TransactionalProgressStore):
             return await self.inner.raise_watermark(connection, pipeline, watermark)
 
     @asynccontextmanager
-    async def transaction(self, pipeline: str, watermark: int) -> AsyncIterator[Any]:
-        async with self.claims.fenced(self.leases[pipeline]) as connection:
+    async def transaction(
+        self, pipeline: str, watermark: int, *, recheck: bool = False
+    ) -> AsyncIterator[Any]:
+        lease = self.leases[pipeline]
+        async with self.claims.fenced(lease) as connection:
+            if recheck:  # the lease row is locked: an earlier attempt has ended, one way or other
+                stored = await self.inner.watermark_in(connection, pipeline)
+                AlreadyCommitted.check(pipeline, stored, watermark)
             yield connection
             await self.inner.raise_watermark(connection, pipeline, watermark)
 
@@ -67,6 +73,10 @@ class DatabaseStore(TransactionalProgressStore):
 
     def claim_store(self) -> ClaimStore:
         """The claim store on this store's database (and schema)."""
+        raise NotImplementedError
+
+    async def watermark_in(self, connection: Any, pipeline: str) -> int | None:
+        """``pipeline``'s stored watermark, read with ``connection`` (in its transaction)."""
         raise NotImplementedError
 
     async def raise_watermark(self, connection: Any, pipeline: str, watermark: int) -> int:

@@ -10,6 +10,7 @@ import asyncpg
 
 from .._dsn import mask_dsn
 from .._postgres import SharedPool, create_missing, quote_ident
+from ..errors import AlreadyCommitted
 from ._base import DeadLetter
 from .leased import DatabaseStore
 
@@ -157,6 +158,11 @@ class PostgresProgressStore(DatabaseStore):
             self.dsn, schema=self.schema, application_name=self.application_name
         )
 
+    async def watermark_in(self, connection: asyncpg.Connection, pipeline: str) -> int | None:
+        """The stored watermark, read (and locked) in ``connection``'s transaction."""
+        value = await connection.fetchval(self._load + " FOR UPDATE", pipeline)
+        return None if value is None else int(value)
+
     async def raise_watermark(
         self, connection: asyncpg.Connection, pipeline: str, watermark: int
     ) -> int:
@@ -165,7 +171,9 @@ class PostgresProgressStore(DatabaseStore):
         return int(await connection.fetchval(self._save, pipeline, watermark))
 
     @asynccontextmanager
-    async def transaction(self, pipeline: str, watermark: int) -> AsyncIterator[asyncpg.Connection]:
+    async def transaction(
+        self, pipeline: str, watermark: int, *, recheck: bool = False
+    ) -> AsyncIterator[asyncpg.Connection]:
         """Yield a connection inside a transaction; commit rows and watermark together.
 
         On a clean exit the watermark is raised (rise-only) in the same transaction and it
@@ -173,5 +181,8 @@ class PostgresProgressStore(DatabaseStore):
         Connection errors are not retried here: the caller retries the whole batch.
         """
         async with self._db.transaction() as conn:
+            if recheck:  # the row lock waits for an earlier attempt still ending on the server
+                stored = await self.watermark_in(conn, pipeline)
+                AlreadyCommitted.check(pipeline, stored, watermark)
             yield conn
             await conn.execute(self._raise, pipeline, watermark)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 
 from .._sqlite import SharedConnection, rollback
+from ..errors import AlreadyCommitted
 from ._base import DeadLetter
 from .leased import DatabaseStore
 
@@ -129,6 +130,11 @@ class SqliteProgressStore(DatabaseStore):
 
         return SqliteClaimStore(self.path)
 
+    async def watermark_in(self, connection: aiosqlite.Connection, pipeline: str) -> int | None:
+        """The stored watermark, read in ``connection``'s transaction."""
+        rows = await self._db.checked(connection, "load", _LOAD, (pipeline,))
+        return int(rows[0][0]) if rows else None
+
     async def raise_watermark(
         self, connection: aiosqlite.Connection, pipeline: str, watermark: int
     ) -> int:
@@ -140,7 +146,7 @@ class SqliteProgressStore(DatabaseStore):
 
     @asynccontextmanager
     async def transaction(
-        self, pipeline: str, watermark: int
+        self, pipeline: str, watermark: int, *, recheck: bool = False
     ) -> AsyncIterator[aiosqlite.Connection]:
         """Yield the connection inside ``BEGIN IMMEDIATE``; commit rows and watermark together.
 
@@ -151,6 +157,10 @@ class SqliteProgressStore(DatabaseStore):
         async with self._db.exclusive() as conn:
             try:
                 await self._db.checked(conn, "begin a transaction", "BEGIN IMMEDIATE")
+                if recheck:
+                    AlreadyCommitted.check(
+                        pipeline, await self.watermark_in(conn, pipeline), watermark
+                    )
                 yield conn
                 raise_watermark = (_RAISE, (pipeline, watermark, time.time()))
                 await self._db.checked_all(conn, "commit", [raise_watermark, ("COMMIT", ())])
