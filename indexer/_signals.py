@@ -1,4 +1,4 @@
-"""Stop signals (SIGINT, SIGTERM) routed to a callback on the running event loop, and the
+"""Stop signals (SIGINT, SIGTERM, SIGHUP) routed to a callback on the running event loop, and the
 two-signal protocol of a run (graceful, then at once)."""
 
 from __future__ import annotations
@@ -10,18 +10,24 @@ from collections.abc import Callable, Iterator
 
 from ._log import log
 
-__all__ = ["TwoSignalStop", "stop_signals"]
+__all__ = ["STOP_SIGNALS", "TwoSignalStop", "stop_signals"]
+
+#: The signals that stop a run: Ctrl+C, a supervisor's stop, a hang-up of its terminal or
+#: SSH session.
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
 
 
 @contextlib.contextmanager
 def stop_signals(callback: Callable[[int], None], enabled: bool = True) -> Iterator[None]:
-    """While inside, SIGINT and SIGTERM call ``callback(signum)`` on the running loop instead of
+    """While inside, the ``STOP_SIGNALS`` call ``callback(signum)`` on the running loop instead of
     their default action; nothing is installed when ``enabled`` is false, or where the loop
     cannot take signal handlers (not the main thread, no signal support)."""
     installed: list[signal.Signals] = []
     loop = asyncio.get_running_loop()
     if enabled:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in STOP_SIGNALS:
             try:
                 loop.add_signal_handler(signum, callback, signum)
             except (RuntimeError, ValueError, NotImplementedError):

@@ -690,7 +690,7 @@ def test_metrics_port_in_use(tmp_path: Path, feed: Path) -> None:
         port = taken.getsockname()[1]
         config = write_config(tmp_path / "config.toml", feed, db, port=port)
         result = run_binary("run", "-c", config, "--last-checkpoint", 9, cwd=tmp_path)
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr  # the address is the setting to change
     assert result.stdout == ""
     assert_one_error_line(result.stderr, f"127.0.0.1:{port}")
     assert read_watermark(db) is None  # nothing was indexed

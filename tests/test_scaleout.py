@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sqlite3
 import sys
 from pathlib import Path
@@ -189,6 +190,87 @@ def test_sigterm_to_the_parent_stops_every_process_and_a_rerun_finishes(
     assert again.finish(60) == 0, again.describe()
     assert "txs=600" in again.stdout_text
     assert sqlite_digests(db, "rows") == expected_digests()
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie nobody reaped counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_children_stop_gracefully_when_the_parent_is_killed(feed: Path, tmp_path: Path) -> None:
+    """SIGKILL to the parent: its child gets the parent-death signal, finishes its chunk in
+    hand and exits; a rerun then completes the job, each row once."""
+    db, config = sqlite_job(tmp_path, feed, delay=0.02)
+    process = start(config, "--processes", "2")
+    process.wait_until(
+        "both processes claimed a chunk",
+        lambda: len(process.events_named("chunk claimed")) >= 2,
+    )
+    (started,) = process.events_named("started worker processes")
+    process.signal(signal.SIGKILL)
+    assert process.finish() == -signal.SIGKILL
+    (child,) = started["pids"]
+    process.wait_until("the orphaned child to end", lambda: gone(child))
+    assert [e for e in process.events() if e["event"].startswith("stopping: finishing")]
+    again = start(config, "--processes", "2")
+    assert again.finish(60) == 0, again.describe()
+    assert sqlite_digests(db, "rows") == expected_digests()
+
+
+def test_sighup_stops_the_job_like_sigterm(feed: Path, tmp_path: Path) -> None:
+    _db, config = sqlite_job(tmp_path, feed, delay=0.02)
+    process = start(config, "--processes", "2")
+    process.wait_until(
+        "both processes claimed a chunk",
+        lambda: len(process.events_named("chunk claimed")) >= 2,
+    )
+    assert process.stop(signal.SIGHUP) == 0, process.describe()
+    stopping = [e for e in process.events() if e["event"].startswith("stopping: finishing")]
+    assert [e["signal"] for e in stopping] == [signal.SIGHUP] * 2
+
+
+def test_a_child_that_fails_at_start_up_stops_the_command_at_once(
+    feed: Path, tmp_path: Path
+) -> None:
+    """The child's metrics port is taken: the command exits 2 with that child's error, and
+    the parent did none of the work alone."""
+    db, config = sqlite_job(tmp_path, feed, delay=0.0)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        parent_port = busy - 1  # the child serves on the parent's port + 1
+        process = Background.indexer(
+            "run",
+            "-c",
+            config,
+            "--last-checkpoint",
+            COUNT - 1,
+            "--processes",
+            2,
+            "--metrics-address",
+            f"127.0.0.1:{parent_port}",
+            "--log-format",
+            "json",
+        )
+        assert process.finish() == 2, process.describe()
+    errors = [line for line in process.stderr if line.startswith("indexer: error: ")]
+    assert errors == [
+        f"indexer: error: cannot serve metrics on 127.0.0.1:{busy}: Address already in use"
+    ], process.stderr
+    assert not db.exists() or sqlite_digests_or_none(db) in (None, [])
+
+
+def sqlite_digests_or_none(db: Path) -> list[str] | None:
+    try:
+        return sqlite_digests(db, "rows")
+    except sqlite3.OperationalError:  # no such table: nothing was written
+        return None
 
 
 def test_children_are_spawned_where_forking_is_unsafe(

@@ -5,32 +5,48 @@ of the job (chunked, its own metrics port) in its own session so that a Ctrl+C o
 reaches only the parent, runs its own share, and forwards each stop signal it gets to every
 child. Children are forked when that is safe (Linux, and no thread running yet), so they start
 in milliseconds with everything already imported; otherwise they are spawned (a fresh
-interpreter each, about 0.3 s). A child that dies is not restarted: the others take its chunk
-over when its lease expires.
+interpreter each, about 0.3 s).
+
+The parent runs its share only once every child has said it started; a child that fails
+before that stops the whole command at once with its error. A child that dies later is not
+restarted: the others take its chunk over when its lease expires. A child stops gracefully
+when the parent dies, however it dies (on Linux at once, by the parent-death signal;
+elsewhere within half a second, by watching its parent's pid).
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Any, Literal
 
 import msgspec
 import structlog
 
-from ..errors import failure_exit
+from ..errors import IndexerError, failure_exit
 from .config import Config
 
 log = structlog.get_logger("indexer")
 
-__all__ = ["child_config", "run_processes", "start_method"]
+__all__ = ["ChildFailed", "child_config", "run_processes", "start_method"]
 
 StartMethod = Literal["fork", "spawn"]
+
+
+class ChildFailed(IndexerError):
+    """A worker process failed before it started; ``code`` is the exit code it gave."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def start_method() -> StartMethod:
@@ -51,38 +67,103 @@ def child_config(config: Config, index: int) -> Config:
     return msgspec.structs.replace(config, metrics=metrics, logging=logging)
 
 
-def _child(run_child: Callable[[Config], str], config: Config, index: int) -> None:
-    """A child's life: its own session, default signal handling, its share, an exit code."""
+#: What a child reports to its parent: ("started", 0, "") or ("failed", exit code, message).
+Report = tuple[str, int, str]
+#: How long the parent waits for a child to say it started.
+START_TIMEOUT = 120.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_parent(parent: int) -> None:
+    """Have this process get SIGTERM (a graceful stop) when ``parent`` ends, however it ends."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0:
+            if os.getppid() != parent:  # it died before the signal was asked for
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _child(
+    run_child: Callable[[Config, Callable[[], None]], str],
+    config: Config,
+    index: int,
+    parent: int,
+    report: Connection,
+) -> None:
+    """A child's life: its own session, default signal handling, its share, an exit code; it
+    says when it started (or why it could not) through ``report``."""
     os.setsid()
     # As in a fresh interpreter, until the executor installs its own handlers.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    _stop_with_parent(parent)
     os.environ["INDEXER_PROCESS_INDEX"] = str(index)
+    reported = False
+
+    def started() -> None:
+        nonlocal reported
+        if not reported:
+            reported = True
+            report.send(("started", 0, ""))
+
     try:
-        print(run_child(config), flush=True)
+        print(run_child(config, started), flush=True)
     except Exception as exc:
         known = failure_exit(exc)
+        code, message = known if known is not None else (1, repr(exc))
+        if not reported:  # the parent stops the command and says why
+            report.send(("failed", code, message))
+            sys.exit(code)
         if known is None:
             traceback.print_exc()
-            sys.exit(1)
-        print(f"indexer: error: {known[1]}", file=sys.stderr, flush=True)
-        sys.exit(known[0])
+        else:
+            print(f"indexer: error: {message}", file=sys.stderr, flush=True)
+        sys.exit(code)
+
+
+def _wait_started(children: list[Any], reports: list[Connection]) -> tuple[int, str] | None:
+    """Wait until every child said it started; the exit code and error of the first that
+    failed instead (or died without a word), else None."""
+    deadline = time.monotonic() + START_TIMEOUT
+    for child, report in zip(children, reports, strict=True):
+        try:
+            if not report.poll(max(0.0, deadline - time.monotonic())):
+                return 1, f"worker process {child.pid} did not start within {START_TIMEOUT:g} s"
+            state, code, message = report.recv()
+        except EOFError:  # it died before it could say
+            child.join()
+            return child.exitcode or 1, f"worker process {child.pid} died at start-up"
+        if state == "failed":
+            return code, message
+    return None
 
 
 def run_processes(
     config: Config,
     processes: int,
     run_share: Callable[[Callable[[int], None]], Any],
-    run_child: Callable[[Config], str],
+    run_child: Callable[[Config, Callable[[], None]], str],
     method: StartMethod | None = None,
 ) -> int:
-    """Start ``processes - 1`` children, each printing ``run_child(config)``'s summary
-    (``config`` is one process's share of the chunked job); run this process's share with
-    ``run_share(forward)``, where ``forward(signum)`` passes a stop signal on to the children;
-    then wait for them. Returns how many children failed. ``run_child`` must be a module-level
+    """Start ``processes - 1`` children, each printing ``run_child(config, started)``'s summary
+    (``config`` is one process's share of the chunked job; ``started()`` tells the parent it
+    is running); once all have started, run this process's share with ``run_share(forward)``,
+    where ``forward(signum)`` passes a stop signal on to the children; then wait for them.
+    Returns how many children failed; a child that fails before it started raises its error
+    (``ChildFailed``) once the others are stopped. ``run_child`` must be a module-level
     function (spawned children import it)."""
     context: Any = multiprocessing.get_context(method or start_method())
     children: list[multiprocessing.process.BaseProcess] = []
+    reports: list[Connection] = []
 
     def forward(signum: int) -> None:
         for child in children:
@@ -91,23 +172,33 @@ def run_processes(
 
     previous = {
         s: signal.signal(s, lambda signum, frame: forward(signum))
-        for s in (signal.SIGINT, signal.SIGTERM)
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     }
     try:
         for index in range(1, processes):
+            receiving, sending = context.Pipe(duplex=False)
             child = context.Process(
                 target=_child,
-                args=(run_child, child_config(config, index), index),
+                args=(run_child, child_config(config, index), index, os.getpid(), sending),
                 name=f"indexer-{index}",
             )
             child.start()
+            sending.close()  # the child's end: EOF here once the child is gone
             children.append(child)
+            reports.append(receiving)
         log.info(
             "started worker processes",
             processes=processes,
             pids=[c.pid for c in children],
             start_method=context.get_start_method(),
         )
+        failure = _wait_started(children, reports)
+        if failure is not None:
+            forward(signal.SIGTERM)
+            for child in children:
+                child.join()
+            code, message = failure
+            raise ChildFailed(message, code)
         run_share(forward)
         for child in children:
             child.join()
@@ -119,6 +210,6 @@ def run_processes(
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     failed = [(c.pid, c.exitcode) for c in children if c.exitcode != 0]
-    for pid, code in failed:
-        log.error("worker process failed", pid=pid, exit_code=code)
+    for pid, exit_code in failed:
+        log.error("worker process failed", pid=pid, exit_code=exit_code)
     return len(failed)

@@ -12,7 +12,7 @@ import msgspec
 import structlog
 
 from .._loop import loop_factory, run_on
-from ..errors import IndexerError
+from ..errors import ConfigurationError, IndexerError
 from ..executor import IndexerExecutor
 from ..metrics import serve_metrics
 from .build import build_executor, build_source
@@ -34,7 +34,7 @@ def run_indexer(config: Config) -> str:
 
 def _run_processes(config: Config) -> str:
     """``--processes N``: this process and N-1 children share the job through the claims."""
-    from .processes import run_processes
+    from .processes import ChildFailed, run_processes
 
     scale = msgspec.structs.replace(
         config.scale, processes=1, claims=config.scale.claims or config.progress.store
@@ -42,12 +42,17 @@ def _run_processes(config: Config) -> str:
     share = msgspec.structs.replace(config, scale=scale)
     executor = build_executor(share)  # imports and checks every pipeline before the children
     started = time.perf_counter()
-    failed = run_processes(
-        share,
-        config.scale.processes,
-        lambda forward: _run_here(share, on_signal=forward, executor=executor),
-        run_child,
-    )
+    try:
+        failed = run_processes(
+            share,
+            config.scale.processes,
+            lambda forward: _run_here(share, on_signal=forward, executor=executor),
+            run_child,
+        )
+    except ChildFailed as exc:
+        if exc.code == 2:  # what would stop a run of one process as a configuration error
+            raise ConfigurationError(str(exc)) from None
+        raise
     if failed:
         raise IndexerError(f"{failed} of {config.scale.processes - 1} child processes failed")
     watermarks = run_on(config.run.event_loop, _saved_watermarks(config))
@@ -58,18 +63,21 @@ def _run_processes(config: Config) -> str:
     )
 
 
-def run_child(config: Config) -> str:
-    """A ``--processes`` child's share of the job (module-level: spawned children import it)."""
-    return _run_here(config)
+def run_child(config: Config, started: Callable[[], None]) -> str:
+    """A ``--processes`` child's share of the job (module-level: spawned children import it);
+    ``started()`` once it is serving its metrics and about to run."""
+    return _run_here(config, on_started=started)
 
 
 def _run_here(
     config: Config,
     on_signal: Callable[[int], None] | None = None,
     executor: IndexerExecutor | None = None,
+    on_started: Callable[[], None] | None = None,
 ) -> str:
     """Run in this process (a chunked share of the job when claims are set); ``on_signal`` is
-    told of every stop signal this process gets."""
+    told of every stop signal this process gets, ``on_started`` called once everything is
+    built and serving and the run begins."""
     executor = executor or build_executor(config)
     executor.timing = config.metrics.enabled
     server = None
@@ -77,11 +85,13 @@ def _run_here(
         host, port = config.metrics.host_port
         try:
             server = serve_metrics(executor.job, host, port)
-        except OSError as exc:
-            raise IndexerError(
+        except OSError as exc:  # the address is the setting to change: exit code 2
+            raise ConfigurationError(
                 f"cannot serve metrics on {config.metrics.address}: {exc.strerror or exc}"
             ) from None
         log.info("serving metrics", address=f"http://{config.metrics.address}/metrics")
+    if on_started is not None:
+        on_started()
     loop = config.run.event_loop
     started = time.perf_counter()
     try:
