@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from .errors import ProgressStoreError
+from .errors import ProgressStoreError, StoreBusy
 from .retry import RetryPolicy, retry
 
 __all__ = [
@@ -221,4 +221,6 @@ class SharedConnection:
         try:
             return await execute_all(conn, statements)
         except sqlite3.Error as exc:
-            raise ProgressStoreError(f"{self.path}: cannot {action}: {reason(exc)}") from exc
+            busy = isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+            error = StoreBusy if busy else ProgressStoreError
+            raise error(f"{self.path}: cannot {action}: {reason(exc)}") from exc

@@ -42,6 +42,11 @@ class ProgressStoreError(IndexerError):
     """The progress store cannot be read or written (for example a corrupt progress file)."""
 
 
+class StoreBusy(ProgressStoreError):
+    """Another process held the store's database locked for longer than the wait allowed
+    (SQLite's busy timeout): no one could write meanwhile, so nothing was lost or taken."""
+
+
 class FencingError(IndexerError):
     """A write was refused because the writer no longer holds what entitles it to write (a
     lease taken over, or released): retrying cannot help, the writer must stop."""

@@ -74,6 +74,17 @@ def saved_watermark(db: Path, pipeline: str) -> int | None:
     return None if row is None else int(row[0])
 
 
+def eventually(what: str, condition: Callable[[], T], timeout: float = TIMEOUT) -> T:
+    """Poll ``condition`` until it returns something truthy, and return that; fail after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} within {timeout}s")
+        time.sleep(0.01)
+    return value
+
+
 def parse_events(lines: Sequence[str]) -> list[dict[str, Any]]:
     """Every line as a JSON log record with an ``event``; a line that is not one fails."""
     events = []

@@ -17,7 +17,7 @@ import pytest
 from indexer import ConfigurationError, Worker
 from indexer.chunked import ChunkedRunner
 from indexer.claims import Claim, SqliteClaimStore
-from indexer.errors import ProgressStoreError
+from indexer.errors import ProgressStoreError, StoreBusy
 from indexer.pipeline import WorkerPool
 from indexer.progress import SqliteProgressStore
 from indexer.sources import MemorySource
@@ -139,17 +139,21 @@ async def test_a_higher_last_goes_on_inside_the_chunk_cut_short(tmp_path: Path) 
 
 
 class FlakyRenewals(SqliteClaimStore):
-    """Fails the first ``failures`` lease renewals, as an unreachable database would."""
+    """Fails the first ``failures`` lease renewals with ``error``: by default as an unreachable
+    database would."""
 
-    def __init__(self, path: Path, failures: int) -> None:
+    def __init__(
+        self, path: Path, failures: int, error: type[Exception] = ProgressStoreError
+    ) -> None:
         super().__init__(path)
         self.failures = failures
+        self.error = error
         self.renewals = 0
 
     async def extend(self, claim: Claim, ttl: float) -> Claim:
         self.renewals += 1
         if self.renewals <= self.failures:
-            raise ProgressStoreError("database unreachable")
+            raise self.error("database unreachable")
         return await super().extend(claim, ttl)
 
 
@@ -163,6 +167,18 @@ async def test_three_failed_renewals_abandon_the_chunk(tmp_path: Path) -> None:
     assert await job.run(last=119) == {"marks": 120}
     assert job.chunks_abandoned == 1
     assert claims.renewals > 3
+    assert rows(db) == [(n, "a") for n in range(120)]
+
+
+async def test_renewals_that_wait_for_another_process_lock_lose_no_lease(tmp_path: Path) -> None:
+    """StoreBusy (another process held the file locked): nobody could take the lease either,
+    so five in a row are waited out instead of abandoning the chunk."""
+    db = tmp_path / "job.db"
+    claims = FlakyRenewals(db, failures=5, error=StoreBusy)
+    job = runner(db, Marker("a", delay=0.014), lease_ttl=0.2, claims=claims)
+    assert await job.run(last=119) == {"marks": 120}
+    assert job.chunks_abandoned == 0
+    assert claims.renewals > 5
     assert rows(db) == [(n, "a") for n in range(120)]
 
 

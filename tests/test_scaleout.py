@@ -13,11 +13,12 @@ import signal
 import socket
 import sqlite3
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import PROGRAMS, Background, run_indexer
+from harness import PROGRAMS, Background, eventually, run_indexer
 
 from indexer.claims import ChunkLayout, Claim, SqliteClaimStore
 from indexer.cli.config import load_config
@@ -215,7 +216,7 @@ def test_children_stop_gracefully_when_the_parent_is_killed(feed: Path, tmp_path
     process.signal(signal.SIGKILL)
     assert process.finish() == -signal.SIGKILL
     (child,) = started["pids"]
-    process.wait_until("the orphaned child to end", lambda: gone(child))
+    eventually("end of the orphaned child", lambda: gone(child))
     assert [e for e in process.events() if e["event"].startswith("stopping: finishing")]
     again = start(config, "--processes", "2")
     assert again.finish(60) == 0, again.describe()
@@ -423,3 +424,95 @@ def test_sigkill_one_of_two_processes_on_postgresql(
     assert digests == expected_digests()
     done = f"SELECT count(*) FROM \"{pg_schema}\".indexer_claims WHERE pipeline = 'txs' AND done"
     assert asyncio.run(query(done))[0][0] == COUNT // 100
+
+
+PAUSE_AT = 250  # in chunk 2, after chunks 0 and 1
+
+
+def frozen_victim(config: Path, claims: str, mark: Path, pause: float) -> Background:
+    """A process of the job that pauses ``pause`` s inside the commit of the batch holding
+    checkpoint PAUSE_AT (holding its transaction's locks), after creating ``mark``."""
+    env = {
+        "SLOW_SINK_PAUSE_FROM": str(PAUSE_AT),
+        "SLOW_SINK_PAUSE_MARK": str(mark),
+        "SLOW_SINK_PAUSE_SECONDS": str(pause),
+    }
+    return start(config, "--claims", claims, env=env)
+
+
+def test_a_holder_frozen_inside_its_commit_is_taken_over_on_postgresql(
+    feed: Path, tmp_path: Path, postgres_dsn: str, pg_schema: str
+) -> None:
+    """SIGSTOP inside the fenced transaction: the server ends that transaction once the lease
+    has run out, so its row lock goes and another process takes the chunk over; resumed, the
+    frozen process commits nothing. Every row once."""
+    import asyncpg
+
+    config = write_config(
+        tmp_path / "cfg.toml",
+        feed,
+        postgres_dsn,
+        sink="slow_workers:PausingPostgresSink",
+        table="rows",
+        delay=0.001,
+        pipeline="txs",
+        schema=pg_schema,
+    )
+    mark = tmp_path / "paused"
+    victim = frozen_victim(config, postgres_dsn, mark, pause=1.0)
+    victim.wait_until("the victim pauses inside its commit", mark.exists)
+    victim.signal(signal.SIGSTOP)
+    try:
+        survivor = start(config, "--claims", postgres_dsn)
+        assert survivor.finish(60) == 0, survivor.describe()
+        assert 2 in {e["chunk"] for e in survivor.events_named("chunk claimed")}
+    finally:
+        victim.signal(signal.SIGCONT)
+    assert victim.finish(60) == 0, victim.describe()
+
+    async def digests() -> list[str]:
+        conn = await asyncpg.connect(postgres_dsn)
+        try:
+            rows = await conn.fetch(f'SELECT digest FROM "{pg_schema}".rows')
+        finally:
+            await conn.close()
+        return sorted(row[0] for row in rows)
+
+    assert asyncio.run(digests()) == expected_digests()
+
+
+def test_a_holder_frozen_inside_its_commit_on_sqlite_commits_nothing_when_resumed(
+    feed: Path, tmp_path: Path
+) -> None:
+    """On SQLite the frozen process holds the file's write lock: the others wait (they do not
+    give their chunks up for it), and the frozen one, resumed after its lease ran out, rolls
+    its commit back. The job then completes, every row once."""
+    db = tmp_path / "index.db"
+    config = write_config(
+        tmp_path / "cfg.toml",
+        feed,
+        f"sqlite:{db}",
+        sink="slow_workers:PausingSqliteSink",
+        table="rows",
+        delay=0.005,
+        pipeline="txs",
+    )
+    mark = tmp_path / "paused"
+    survivor = start(config, "--claims", f"sqlite:{db}")
+    survivor.wait_for_event("chunk claimed")
+    victim = frozen_victim(config, f"sqlite:{db}", mark, pause=1.0)
+    victim.wait_until("the victim pauses inside its commit", mark.exists)
+    victim.signal(signal.SIGSTOP)
+    time.sleep(2.0)  # frozen for longer than the lease (1 s): what is being tested
+    victim.signal(signal.SIGCONT)
+    assert victim.finish(60) == 0, victim.describe()
+    assert survivor.finish(60) == 0, survivor.describe()
+    refused = [
+        e["error"]
+        for e in victim.events_named("pipeline halted")
+        if "refused" in e["error"] and "expired" in e["error"]
+    ]
+    assert refused, victim.describe()  # its lease ran out while frozen: the commit rolled back
+    renewals = [e for e in survivor.events() if "renewals failed" in str(e.get("reason"))]
+    assert not renewals, survivor.describe()  # waiting for the lock lost no lease
+    assert sqlite_digests(db, "rows") == expected_digests()

@@ -14,7 +14,7 @@ import socket
 from collections.abc import Callable
 
 from .._log import log
-from ..errors import FencingError, PipelineHeld
+from ..errors import FencingError, PipelineHeld, StoreBusy
 from ..retry import RetryPolicy, logged_retry, retry
 from ._base import WHOLE, ChunkState, Claim, ClaimStore, describe
 
@@ -117,7 +117,10 @@ async def keep_alive(
 ) -> None:
     """Renew ``claim`` every ``heartbeat_of(ttl)`` seconds until cancelled; when it is lost
     (taken, released) or ``MAX_RENEWAL_FAILURES`` renewals fail in a row, call
-    ``on_lost(reason)`` once and return."""
+    ``on_lost(reason)`` once and return. A renewal the database could not take because
+    another process held it locked (``StoreBusy``) is tried again without counting: while the
+    lock is held no one can take the lease either, and a lease that ran out meanwhile is
+    renewed if nobody took it since."""
     heartbeat = heartbeat_of(ttl)
     policy = RetryPolicy(
         initial=heartbeat,
@@ -131,7 +134,16 @@ async def keep_alive(
     )
 
     async def extend() -> Claim:
-        return await claims.extend(claim, ttl)
+        while True:
+            try:
+                return await claims.extend(claim, ttl)
+            except StoreBusy as exc:
+                log.warning(
+                    "lease renewal waits for the database",
+                    pipeline=claim.pipeline,
+                    chunk=claim.chunk,
+                    error=str(exc),
+                )
 
     while True:
         await asyncio.sleep(heartbeat)

@@ -272,6 +272,7 @@ class PostgresClaimStore(ClaimStore):
         ``ClaimStore.fenced``). Errors inside the block propagate unchanged."""
         async with self._db.transaction() as conn:
             try:
+                await self._bound(conn, claim)
                 await self._check(conn, claim, live=True)
                 if recheck and next_checkpoint is not None:
                     progress = await conn.fetchval(self._progress, claim.pipeline, claim.chunk)
@@ -341,6 +342,16 @@ class PostgresClaimStore(ClaimStore):
         )
 
     # --- plumbing ------------------------------------------------------------------------------
+
+    async def _bound(self, conn: asyncpg.Connection, claim: Claim) -> None:
+        """Have the server end this transaction when it stalls past the lease (its holder
+        frozen, or its network gone): its locks are freed, so that another process can take
+        the chunk over once the lease has run out, and the holder commits nothing."""
+        left_ms = int(max(1.0, claim.expires_at - self.clock()) * 1000)
+        await conn.execute(
+            f"SET LOCAL idle_in_transaction_session_timeout = {left_ms};"
+            f" SET LOCAL statement_timeout = {left_ms}"
+        )
 
     async def _forbidden(
         self, conn: asyncpg.Connection, pipeline: str, chunk: int, owner: str, now: float

@@ -75,17 +75,23 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _stop_with_parent(parent: int) -> None:
-    """Have this process get SIGTERM (a graceful stop) when ``parent`` ends, however it ends."""
-    if sys.platform == "linux":
+    """Have this process get SIGTERM (a graceful stop) once when ``parent`` ends, however it
+    ends. On Linux the kernel's parent-death signal wakes a thread at once: it is SIGUSR2,
+    not SIGTERM, because it also comes each time the dying parent's threads hand this
+    process on to one another, and only the last time is the parent gone (the thread checks
+    the parent's pid). Elsewhere the thread polls the parent's pid twice a second."""
+    linux = sys.platform == "linux"
+    if linux:  # blocked here, before any thread starts: only the watching thread takes it
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0:
-            if os.getppid() != parent:  # it died before the signal was asked for
-                os.kill(os.getpid(), signal.SIGTERM)
-            return
+        linux = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGUSR2, 0, 0, 0) == 0
 
     def watch() -> None:
         while os.getppid() == parent:
-            time.sleep(0.5)
+            if linux:
+                signal.sigwait({signal.SIGUSR2})
+            else:
+                time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()

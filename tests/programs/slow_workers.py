@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 from indexer import Checkpoint
+from reducers import PostgresSink, SqliteSink
 from workers import TransactionExtractor, TransactionRow
 
 #: With ``HOLD_WHILE`` (a file's path): checkpoints from this number on wait while it exists.
@@ -39,3 +41,37 @@ class SlowTransactionExtractor(TransactionExtractor):
             while self.hold.exists():
                 await asyncio.sleep(0.01)
         return await super().process_checkpoint(checkpoint)
+
+
+#: With ``PAUSE_MARK`` (a file's path): a sink's batch with a checkpoint from ``PAUSE_FROM``
+#: on creates that file, then pauses ``PAUSE_SECONDS`` inside the commit's transaction.
+PAUSE_FROM = "SLOW_SINK_PAUSE_FROM"
+PAUSE_MARK = "SLOW_SINK_PAUSE_MARK"
+PAUSE_SECONDS = "SLOW_SINK_PAUSE_SECONDS"
+
+
+class _PausingWrite:
+    """A sink's ``write`` that, in a process started with ``SLOW_SINK_PAUSE_MARK``, pauses once
+    inside its transaction (holding the database's locks) when a batch reaches
+    ``SLOW_SINK_PAUSE_FROM``: a test can freeze a process exactly there."""
+
+    _paused = False
+
+    async def write(self, connection: Any, batch: list[Any]) -> None:
+        await super().write(connection, batch)  # type: ignore[misc]
+        mark = os.environ.get(PAUSE_MARK)
+        reached = any(
+            row[0] >= int(os.environ.get(PAUSE_FROM, "0")) for rows in batch for row in rows
+        )
+        if mark and reached and not self._paused:
+            self._paused = True
+            Path(mark).touch()
+            await asyncio.sleep(float(os.environ.get(PAUSE_SECONDS, "3")))
+
+
+class PausingSqliteSink(_PausingWrite, SqliteSink):
+    """SqliteSink that can pause inside a commit (see ``_PausingWrite``)."""
+
+
+class PausingPostgresSink(_PausingWrite, PostgresSink):
+    """PostgresSink that can pause inside a commit (see ``_PausingWrite``)."""
