@@ -29,7 +29,7 @@ from indexer.claims import (
     SqliteClaimStore,
 )
 from indexer.claims._base import describe
-from indexer.errors import IndexerError, ProgressStoreError
+from indexer.errors import AlreadyCommitted, IndexerError, ProgressStoreError
 
 ROOT = Path(__file__).resolve().parent.parent
 START = 1000.0
@@ -330,6 +330,37 @@ async def test_fenced_transaction_commits_sink_rows_with_progress(
             await backend.write(conn, 3)
     assert await backend.sql(f"SELECT value FROM {backend.sink}") == [(1,)]
     assert await store.progress("p", 0) == 20
+
+
+async def test_a_holder_whose_lease_runs_out_inside_its_fenced_transaction_commits_nothing(
+    backend: Backend, store: ClaimStore, clock: FakeClock
+) -> None:
+    await store.open()
+    await backend.sql(f"CREATE TABLE {backend.sink} (value INTEGER)")
+    a = await store.claim("p", 0, "a", ttl=10)
+    assert a is not None
+    with pytest.raises(ClaimLost, match="ran out during its commit"):
+        async with store.fenced(a, next_checkpoint=20) as conn:
+            await backend.write(conn, 1)
+            clock.now += 10  # frozen past the lease, inside the transaction
+    assert await backend.sql(f"SELECT value FROM {backend.sink}") == []
+    assert await store.progress("p", 0) is None
+
+
+async def test_a_retry_finds_a_commit_done_already(
+    backend: Backend, store: ClaimStore, clock: FakeClock
+) -> None:
+    await store.open()
+    a = await store.claim("p", 0, "a", ttl=10)
+    assert a is not None
+    async with store.fenced(a, next_checkpoint=20):
+        pass
+    with pytest.raises(AlreadyCommitted, match="committed already"):
+        async with store.fenced(a, next_checkpoint=20, recheck=True):
+            pytest.fail("the block of a commit done already must not run")
+    async with store.fenced(a, next_checkpoint=30, recheck=True):
+        pass  # not covered yet: the retry writes
+    assert await store.progress("p", 0) == 30
 
 
 # --- availability and completion ---------------------------------------------------------------

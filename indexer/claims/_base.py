@@ -258,6 +258,22 @@ def new_token(
     return token if holder == owner else None
 
 
+def check_alive(claim: Claim, expires_at: float, now: float) -> None:
+    """ClaimLost when the lease that expires at ``expires_at`` has run out at ``now`` (a holder
+    that stalled inside its fenced transaction must not commit after that)."""
+    if now >= expires_at:
+        raise ClaimLost(
+            f"{_where(claim)}: lease of {claim.owner!r} (token {claim.token}) ran out during "
+            "its commit"
+        )
+
+
+def _where(claim: Claim) -> str:
+    """What a lease is on, for errors."""
+    what = "(its writer's lease)" if claim.chunk == WHOLE else f"chunk {claim.chunk}"
+    return f"pipeline {claim.pipeline!r} {what}"
+
+
 def check_holder(
     claim: Claim,
     row: tuple[str | None, int, float | None, bool] | None,
@@ -267,9 +283,7 @@ def check_holder(
 ) -> None:
     """Raise unless ``row`` (owner, token, expires_at, done) is still ``claim``'s lease; with
     ``live`` the lease must also not have expired."""
-    where = f"pipeline {claim.pipeline!r} " + (
-        "(its writer's lease)" if claim.chunk == WHOLE else f"chunk {claim.chunk}"
-    )
+    where = _where(claim)
     if row is None:
         raise ClaimNotFound(f"{where}: no such chunk has been claimed")
     holder, token, expires_at, _done = row

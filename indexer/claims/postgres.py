@@ -69,6 +69,12 @@ class PostgresClaimStore(ClaimStore):
         self._layouts = f"{qualified}.indexer_chunk_layouts"
         self._row = f"""SELECT owner, token, expires_at, done FROM {t}
                         WHERE pipeline = $1 AND chunk = $2 FOR UPDATE"""
+        # The row, and both timeouts set for this transaction only ($3, in ms).
+        self._row_bounded = f"""
+            SELECT owner, token, expires_at, done,
+                   set_config('idle_in_transaction_session_timeout', $3, true),
+                   set_config('statement_timeout', $3, true)
+            FROM {t} WHERE pipeline = $1 AND chunk = $2 FOR UPDATE"""
         # $3 owner, $4 now, $5 new expiry. Takes the row only when it is free, expired or the
         # caller's; the row lock makes a concurrent claimer re-check against the winner's row.
         # A new token starts a new claim (claimed_at); keeping the token renews the one held.
@@ -272,15 +278,15 @@ class PostgresClaimStore(ClaimStore):
         ``ClaimStore.fenced``). Errors inside the block propagate unchanged."""
         async with self._db.transaction() as conn:
             try:
-                await self._bound(conn, claim)
-                await self._check(conn, claim, live=True)
+                expires_at = await self._lock_bounded(conn, claim)
                 if recheck and next_checkpoint is not None:
                     progress = await conn.fetchval(self._progress, claim.pipeline, claim.chunk)
                     AlreadyCommitted.check(claim.pipeline, progress, next_checkpoint)
             except ERRORS as exc:
                 raise self._db.error("begin a fenced transaction", exc) from exc
             yield conn
-            await self._check(conn, claim, live=True)
+            # The row stays locked by this transaction: only the clock can end the lease.
+            _base.check_alive(claim, expires_at, self.clock())
             if next_checkpoint is not None:
                 await conn.execute(self._set_progress, claim.pipeline, claim.chunk, next_checkpoint)
 
@@ -343,15 +349,17 @@ class PostgresClaimStore(ClaimStore):
 
     # --- plumbing ------------------------------------------------------------------------------
 
-    async def _bound(self, conn: asyncpg.Connection, claim: Claim) -> None:
-        """Have the server end this transaction when it stalls past the lease (its holder
-        frozen, or its network gone): its locks are freed, so that another process can take
-        the chunk over once the lease has run out, and the holder commits nothing."""
-        left_ms = int(max(1.0, claim.expires_at - self.clock()) * 1000)
-        await conn.execute(
-            f"SET LOCAL idle_in_transaction_session_timeout = {left_ms};"
-            f" SET LOCAL statement_timeout = {left_ms}"
-        )
+    async def _lock_bounded(self, conn: asyncpg.Connection, claim: Claim) -> float:
+        """Lock the chunk's row, raise unless ``claim``'s lease is live, and have the server
+        end this transaction when it stalls past the lease (its holder frozen, its network
+        gone), so that its locks go and another process can take the chunk over once the
+        lease has run out; in one round trip. Returns when the lease expires."""
+        left_ms = str(int(max(1.0, claim.expires_at - self.clock()) * 1000))
+        row = await conn.fetchrow(self._row_bounded, claim.pipeline, claim.chunk, left_ms)
+        now = self.clock()
+        state = None if row is None else (row[0], row[1], row[2], row[3])
+        _base.check_holder(claim, state, now, live=True)
+        return float(row[2])
 
     async def _forbidden(
         self, conn: asyncpg.Connection, pipeline: str, chunk: int, owner: str, now: float

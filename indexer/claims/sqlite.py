@@ -189,7 +189,8 @@ class SqliteClaimStore(ClaimStore):
         """Renew the lease to now + ttl; ClaimLost / ClaimNotFound when it is not ours."""
         ttl = _base.check_ttl(ttl)
         async with self._immediate("extend a claim") as conn:
-            now = await self._check(conn, claim, live=False)
+            await self._check(conn, claim, live=False)
+            now = self.clock()
             sql = """UPDATE indexer_claims SET expires_at = ?, renewed_at = ?
                      WHERE pipeline = ? AND chunk = ?"""
             await self._db.checked(
@@ -254,11 +255,12 @@ class SqliteClaimStore(ClaimStore):
         check it again, save ``next_checkpoint`` and commit on a clean exit, roll back if the
         block raises (see ``ClaimStore.fenced``)."""
         async with self._immediate("begin a fenced transaction") as conn:
-            await self._check(conn, claim, live=True)
+            expires_at = await self._check(conn, claim, live=True)
             if recheck and next_checkpoint is not None:
                 await self._raise_if_covered(conn, claim, next_checkpoint)
             yield conn
-            await self._check(conn, claim, live=True)
+            # The write lock is this transaction's: only the clock can end the lease.
+            _base.check_alive(claim, expires_at, self.clock())
             if next_checkpoint is not None:
                 params = (next_checkpoint, claim.pipeline, claim.chunk)
                 await self._db.checked(conn, "save progress", _SET_PROGRESS, params)
@@ -322,11 +324,10 @@ class SqliteClaimStore(ClaimStore):
         return bool(await self._db.checked(conn, "claim", _WHOLE_HELD, (pipeline, now, owner)))
 
     async def _check(self, conn: aiosqlite.Connection, claim: Claim, *, live: bool) -> float:
-        """Raise unless the chunk's row is still ``claim``'s lease; returns the clock's now."""
+        """Raise unless the chunk's row is still ``claim``'s lease; returns when it expires."""
         rows = await self._db.checked(conn, "check a claim", _ROW, (claim.pipeline, claim.chunk))
-        now = self.clock()
-        _base.check_holder(claim, rows[0] if rows else None, now, live=live)
-        return now
+        _base.check_holder(claim, rows[0] if rows else None, self.clock(), live=live)
+        return float(rows[0][2])
 
     @asynccontextmanager
     async def _immediate(self, action: str) -> AsyncIterator[aiosqlite.Connection]:
