@@ -7,6 +7,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -253,3 +254,19 @@ async def test_the_json_file_store_is_held_by_an_os_lock(tmp_path: Path) -> None
         pass  # free again once the first ended
     assert lost == []
     assert os.path.exists(f"{path}.lock")
+
+
+def test_reset_refuses_while_a_run_holds_the_pipeline(feed: Path, tmp_path: Path) -> None:
+    db = tmp_path / "index.db"
+    config = write_config(tmp_path / "config.toml", feed, f"sqlite:{db}")
+    first = run(config)
+    first.wait_until("a first commit", lambda: saved_watermark(db, PIPELINE))
+    reset = run_indexer("reset", "-c", config, "--pipeline", PIPELINE, "--to", 0, "--force")
+    assert reset.returncode == 2, reset.stderr
+    assert reset.stderr == (
+        f"indexer: error: pipeline 'transactions' is running: it is leased to "
+        f"'{socket.gethostname()}:{first.proc.pid}'; stop every process of the job before "
+        "a reset\n"
+    )
+    assert first.finish() == 0, first.describe()
+    assert sqlite_digests(db) == expected_digests()

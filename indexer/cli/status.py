@@ -11,7 +11,7 @@ import contextlib
 import time
 from typing import Any
 
-from ..claims import ChunkLayout, ChunkState, ClaimStore
+from ..claims import WHOLE, ChunkLayout, ChunkState, ClaimStore
 from ..errors import ConfigurationError
 from .build import build_source
 from .config import Config
@@ -171,11 +171,11 @@ async def reset_pipeline(
         if claims is not None:
             await stack.enter_async_context(claims)
             chunks = await claims.chunks(pipeline)
-            now = claims.clock()
-            held = [state for state in chunks if state.held(now)]
+            held = await claims.holders(pipeline)
             if held:
+                what = "it" if held[0].chunk == WHOLE else f"chunk {held[0].chunk}"
                 raise ConfigurationError(
-                    f"pipeline {pipeline!r} is running: chunk {held[0].chunk} is leased to "
+                    f"pipeline {pipeline!r} is running: {what} is leased to "
                     f"{held[0].owner!r}; stop every process of the job before a reset"
                 )
         if force:
