@@ -6,12 +6,13 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from ..claims import Claim, ClaimStore
-from ..progress import DeadLetter, ProgressStore, TransactionalProgressStore
+from ..progress import ProgressStore
+from ..progress._base import FencedView
 
 __all__ = ["ChunkProgressStore"]
 
 
-class ChunkProgressStore(TransactionalProgressStore):
+class ChunkProgressStore(FencedView):
     """Maps a pipeline's watermark onto its chunk's progress, every write fenced by the lease.
 
     ``load`` is the chunk's saved progress (or the pipeline's own watermark when that is further
@@ -34,9 +35,6 @@ class ChunkProgressStore(TransactionalProgressStore):
         await self.inner.open()
         await super().open()
 
-    async def close(self) -> None:  # the runner owns the inner and claim stores
-        await super().close()
-
     async def load(self, pipeline: str) -> int | None:
         saved = await self.claims.progress(self.claim.pipeline, self.claim.chunk)
         return max(saved or 0, self.floor)
@@ -52,12 +50,3 @@ class ChunkProgressStore(TransactionalProgressStore):
 
     async def reset(self, pipeline: str, watermark: int) -> None:
         raise NotImplementedError("reset a chunked pipeline through its progress store")
-
-    async def watermarks(self) -> dict[str, int]:
-        return await self.inner.watermarks()
-
-    async def add_dead_letter(self, pipeline: str, sequence_number: int, error: str) -> None:
-        await self.inner.add_dead_letter(pipeline, sequence_number, error)
-
-    async def dead_letters(self, pipeline: str | None = None) -> list[DeadLetter]:
-        return await self.inner.dead_letters(pipeline)

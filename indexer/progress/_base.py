@@ -101,6 +101,29 @@ class TransactionalProgressStore(ProgressStore):
         """Open a transaction that also raises ``pipeline``'s watermark when it commits."""
 
 
+class FencedView(TransactionalProgressStore):
+    """A store that writes a pipeline's position through a lease (its ``save`` and
+    ``transaction`` are the subclass's) and reads and keeps the rest in ``inner``, the real
+    store, which ``base_store`` finds. Closing leaves ``inner`` open: its owner closes it."""
+
+    inner: ProgressStore
+
+    async def load(self, pipeline: str) -> int | None:
+        return await self.inner.load(pipeline)
+
+    async def reset(self, pipeline: str, watermark: int) -> None:
+        await self.inner.reset(pipeline, watermark)
+
+    async def watermarks(self) -> dict[str, int]:
+        return await self.inner.watermarks()
+
+    async def add_dead_letter(self, pipeline: str, sequence_number: int, error: str) -> None:
+        await self.inner.add_dead_letter(pipeline, sequence_number, error)
+
+    async def dead_letters(self, pipeline: str | None = None) -> list[DeadLetter]:
+        return await self.inner.dead_letters(pipeline)
+
+
 def base_store(store: ProgressStore) -> ProgressStore:
     """The store underneath wrappers (``.inner``), which decides whether a sink shares its
     database: a chunk's fenced store is a view onto the pipeline's real store."""

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AlreadyCommitted, FencingError, ProgressStoreError
-from ._base import DeadLetter, TransactionalProgressStore
+from ._base import FencedView, TransactionalProgressStore
 
 if TYPE_CHECKING:
     from ..claims import Claim, ClaimStore
@@ -18,26 +18,19 @@ if TYPE_CHECKING:
 __all__ = ["LeasedProgressStore", "hold_with_leases"]
 
 
-class LeasedProgressStore(TransactionalProgressStore):
+class LeasedProgressStore(FencedView):
     """What a run without chunks writes through: ``save`` and ``transaction`` raise the
     watermark in a transaction of the claim store that holds the pipeline's lease checked and
     locked (``ClaimStore.fenced``), so a run that lost its lease writes nothing. The rest goes
     to ``inner``, the real store (which ``base_store`` finds: a sink that shares its database
     writes in the fenced transaction)."""
 
+    inner: DatabaseStore
+
     def __init__(self, inner: DatabaseStore, claims: ClaimStore, leases: dict[str, Claim]) -> None:
         self.inner = inner
         self.claims = claims
         self.leases = leases
-
-    async def open(self) -> None:  # the run opened both stores
-        await super().open()
-
-    async def close(self) -> None:  # hold_with_leases closes them
-        await super().close()
-
-    async def load(self, pipeline: str) -> int | None:
-        return await self.inner.load(pipeline)
 
     async def save(self, pipeline: str, watermark: int) -> int:
         async with self.claims.fenced(self.leases[pipeline]) as connection:
@@ -54,18 +47,6 @@ class LeasedProgressStore(TransactionalProgressStore):
                 AlreadyCommitted.check(pipeline, stored, watermark)
             yield connection
             await self.inner.raise_watermark(connection, pipeline, watermark)
-
-    async def reset(self, pipeline: str, watermark: int) -> None:
-        await self.inner.reset(pipeline, watermark)
-
-    async def watermarks(self) -> dict[str, int]:
-        return await self.inner.watermarks()
-
-    async def add_dead_letter(self, pipeline: str, sequence_number: int, error: str) -> None:
-        await self.inner.add_dead_letter(pipeline, sequence_number, error)
-
-    async def dead_letters(self, pipeline: str | None = None) -> list[DeadLetter]:
-        return await self.inner.dead_letters(pipeline)
 
 
 class DatabaseStore(TransactionalProgressStore):
