@@ -306,13 +306,19 @@ async def test_late_save_of_a_lost_lease_is_refused(store: ClaimStore, clock: Fa
     assert await store.progress("p", 0) == 150
 
 
+async def sink_and_lease(backend: Backend, store: ClaimStore) -> Claim:
+    """A sink table beside the claims, and owner ``a``'s 10 s lease on chunk 0 of ``p``."""
+    await store.open()
+    await backend.sql(f"CREATE TABLE {backend.sink} (value INTEGER)")
+    lease = await store.claim("p", 0, "a", ttl=10)
+    assert lease is not None
+    return lease
+
+
 async def test_fenced_transaction_commits_sink_rows_with_progress(
     backend: Backend, store: ClaimStore, clock: FakeClock
 ) -> None:
-    await store.open()
-    await backend.sql(f"CREATE TABLE {backend.sink} (value INTEGER)")
-    a = await store.claim("p", 0, "a", ttl=10)
-    assert a is not None
+    a = await sink_and_lease(backend, store)
     async with store.fenced(a, next_checkpoint=20) as conn:
         await backend.write(conn, 1)
         with pytest.raises(ProgressStoreError, match="inside its own fenced transaction"):
@@ -335,10 +341,7 @@ async def test_fenced_transaction_commits_sink_rows_with_progress(
 async def test_a_holder_whose_lease_runs_out_inside_its_fenced_transaction_commits_nothing(
     backend: Backend, store: ClaimStore, clock: FakeClock
 ) -> None:
-    await store.open()
-    await backend.sql(f"CREATE TABLE {backend.sink} (value INTEGER)")
-    a = await store.claim("p", 0, "a", ttl=10)
-    assert a is not None
+    a = await sink_and_lease(backend, store)
     with pytest.raises(ClaimLost, match="ran out during its commit"):
         async with store.fenced(a, next_checkpoint=20) as conn:
             await backend.write(conn, 1)

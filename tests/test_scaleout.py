@@ -123,6 +123,16 @@ def start(config: Path, *args: str, env: dict[str, str] | None = None) -> Backgr
     )
 
 
+def start_two_working(config: Path) -> Background:
+    """``--processes 2`` once the parent and its child each hold a chunk."""
+    process = start(config, "--processes", "2")
+    process.wait_until(
+        "both processes claimed a chunk",
+        lambda: len(process.events_named("chunk claimed")) >= 2,
+    )
+    return process
+
+
 def sqlite_digests(db: Path, table: str) -> list[str]:
     with sqlite3.connect(db) as conn:
         return sorted(row[0] for row in conn.execute(f"SELECT digest FROM {table}"))
@@ -174,11 +184,7 @@ def test_sigterm_to_the_parent_stops_every_process_and_a_rerun_finishes(
     """The parent forwards the signal: each process finishes its chunk in hand and exits 0,
     no child outlives the parent, and a second run completes the job, each row once."""
     db, config = sqlite_job(tmp_path, feed, delay=0.02)
-    process = start(config, "--processes", "2")
-    process.wait_until(
-        "both processes claimed a chunk",
-        lambda: len(process.events_named("chunk claimed")) >= 2,
-    )
+    process = start_two_working(config)
     (started,) = process.events_named("started worker processes")
     assert process.stop(signal.SIGTERM) == 0, process.describe()
     events = process.events()
@@ -207,11 +213,7 @@ def test_children_stop_gracefully_when_the_parent_is_killed(feed: Path, tmp_path
     """SIGKILL to the parent: its child gets the parent-death signal, finishes its chunk in
     hand and exits; a rerun then completes the job, each row once."""
     db, config = sqlite_job(tmp_path, feed, delay=0.02)
-    process = start(config, "--processes", "2")
-    process.wait_until(
-        "both processes claimed a chunk",
-        lambda: len(process.events_named("chunk claimed")) >= 2,
-    )
+    process = start_two_working(config)
     (started,) = process.events_named("started worker processes")
     process.signal(signal.SIGKILL)
     assert process.finish() == -signal.SIGKILL
@@ -225,11 +227,7 @@ def test_children_stop_gracefully_when_the_parent_is_killed(feed: Path, tmp_path
 
 def test_sighup_stops_the_job_like_sigterm(feed: Path, tmp_path: Path) -> None:
     _db, config = sqlite_job(tmp_path, feed, delay=0.02)
-    process = start(config, "--processes", "2")
-    process.wait_until(
-        "both processes claimed a chunk",
-        lambda: len(process.events_named("chunk claimed")) >= 2,
-    )
+    process = start_two_working(config)
     assert process.stop(signal.SIGHUP) == 0, process.describe()
     stopping = [e for e in process.events() if e["event"].startswith("stopping: finishing")]
     assert [e["signal"] for e in stopping] == [signal.SIGHUP] * 2
