@@ -193,6 +193,19 @@ class SharedConnection:
             finally:
                 self._owner = None
 
+    @asynccontextmanager
+    async def immediate(self, action: str) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``, the file's write lock) on the held
+        connection: commits on a clean exit, rolls back if the block raises."""
+        async with self.exclusive() as conn:
+            try:
+                await self.checked(conn, action, "BEGIN IMMEDIATE")
+                yield conn
+                await self.checked(conn, action, "COMMIT")
+            except BaseException:
+                await rollback(conn)
+                raise
+
     def refuse_reentry(self) -> None:
         """Fail fast when the task holding the connection calls the store again."""
         if self._owner is not None and self._owner is asyncio.current_task():

@@ -25,6 +25,8 @@ class PostgresSink(PostgresDatabaseSink[Sequence[Row]]):
     are idempotent. When ``dsn`` is None or names the ``PostgresProgressStore``'s database,
     each batch is written in the store's transaction with the watermark (exactly-once);
     otherwise the sink uses its own pool, one transaction per batch (at-least-once).
+    ``checkpoint_column`` (when ``columns`` has it) holds each row's checkpoint, so that
+    ``indexer reset --delete-rows`` can delete what a re-index writes again.
     """
 
     def __init__(
@@ -35,6 +37,7 @@ class PostgresSink(PostgresDatabaseSink[Sequence[Row]]):
         dsn: str | None = None,
         schema: str = "public",
         key: Sequence[str] = (),
+        checkpoint_column: str | None = "checkpoint",
         **limits: Any,
     ) -> None:
         super().__init__(dsn, **limits)
@@ -55,6 +58,7 @@ class PostgresSink(PostgresDatabaseSink[Sequence[Row]]):
         self.schema = schema
         self.columns = dict(columns)
         self.key = tuple(key)
+        self.checkpoint_column = checkpoint_column if checkpoint_column in columns else None
         self._names = list(self.columns)
         self._names_tuple = tuple(self._names)
         self._positional: set[type] = {tuple, list}  # row types already in column order
@@ -98,6 +102,17 @@ class PostgresSink(PostgresDatabaseSink[Sequence[Row]]):
             f"_indexer_stage_{self.table}", records=records, columns=self._names
         )
         await conn.execute(self._upsert)
+
+    async def delete_from(self, conn: asyncpg.Connection, checkpoint: int) -> int:
+        """Delete the rows of checkpoints ``checkpoint`` and later (none if no table yet)."""
+        if self.checkpoint_column is None:
+            return await super().delete_from(conn, checkpoint)
+        if await conn.fetchval("SELECT to_regclass($1)", self._qualified) is None:
+            return 0
+        status = await conn.execute(
+            f'DELETE FROM {self._qualified} WHERE "{self.checkpoint_column}" >= $1', checkpoint
+        )
+        return int(status.split()[-1])  # "DELETE 42"
 
     async def _create_table(self, conn: asyncpg.Connection) -> None:
         """Create the schema, table and key index when missing (checked first, so a role

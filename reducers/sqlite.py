@@ -20,7 +20,9 @@ class SqliteSink(SqliteDatabaseSink[Sequence[Row]]):
 
     ``columns`` maps column names to SQL types; the table is created when missing. Rows are
     tuples in column order or mappings by column name. With ``key`` (column names) rows are
-    upserted, so replays are idempotent. When ``path`` is None or names the progress store's
+    upserted, so replays are idempotent. ``checkpoint_column`` (when ``columns`` has it) holds
+    each row's checkpoint, so that ``indexer reset --delete-rows`` can delete what a re-index
+    writes again. When ``path`` is None or names the progress store's
     own SQLite file, each batch is written in the store's transaction together with the
     watermark (exactly-once); otherwise the sink keeps its own connection (at-least-once).
     """
@@ -32,6 +34,7 @@ class SqliteSink(SqliteDatabaseSink[Sequence[Row]]):
         *,
         path: str | os.PathLike[str] | None = None,
         key: Sequence[str] = (),
+        checkpoint_column: str | None = "checkpoint",
         **limits: Any,
     ) -> None:
         super().__init__(path, **limits)
@@ -45,6 +48,7 @@ class SqliteSink(SqliteDatabaseSink[Sequence[Row]]):
         self.table = table
         self.columns = dict(columns)
         self.key = tuple(key)
+        self.checkpoint_column = checkpoint_column if checkpoint_column in columns else None
         names = ", ".join(self.columns)
         marks = ", ".join("?" for _ in self.columns)
         self._insert = f"INSERT INTO {table} ({names}) VALUES ({marks})"
@@ -95,3 +99,17 @@ class SqliteSink(SqliteDatabaseSink[Sequence[Row]]):
             db.executemany(insert, self._rows(batch))
 
         await on_thread(connection, write)
+
+    async def delete_from(self, connection: aiosqlite.Connection, checkpoint: int) -> int:
+        """Delete the rows of checkpoints ``checkpoint`` and later (none if no table yet)."""
+        if self.checkpoint_column is None:
+            return await super().delete_from(connection, checkpoint)
+        delete = f"DELETE FROM {self.table} WHERE {self.checkpoint_column} >= ?"
+
+        def run(db: sqlite3.Connection) -> int:
+            exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+            if db.execute(exists, (self.table,)).fetchone() is None:
+                return 0
+            return db.execute(delete, (checkpoint,)).rowcount
+
+        return await on_thread(connection, run)

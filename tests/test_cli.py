@@ -286,9 +286,9 @@ def test_status_and_reset_do_not_create_a_missing_store(tmp_path: Path) -> None:
     db = tmp_path / "typo" / "index.db"
     report = status_json("--store", f"sqlite:{db}")
     assert report == {"store": f"sqlite:{db}", "store_exists": False, "pipelines": []}
-    result = cli("reset", "--store", f"sqlite:{db}", "--pipeline", "p", "--to", "3")
+    result = cli("reset", "--store", f"sqlite:{db}", "--pipeline", "p", "--to", "3", "--force")
     assert result.exit_code == 2
-    assert_one_error_line(result.stderr, "would reset pipeline 'p' from nothing to 3")
+    assert_one_error_line(result.stderr, "unknown pipeline 'p'", "(known: none)")
     assert not db.parent.exists()
 
 
@@ -451,7 +451,7 @@ def test_reset(tmp_path: Path, feed: Path) -> None:
 
     result = cli("reset", "--store", store, "--pipeline", PIPELINE, "--to", 50, "--force")
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"reset pipeline '{PIPELINE}' from 120 to 50\n"
+    assert result.stdout == f"reset pipeline '{PIPELINE}' from 120 to 50 in {store}\n"
     assert watermark() == 50
     assert read_watermark(db) == 50
 

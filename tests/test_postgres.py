@@ -137,6 +137,31 @@ async def test_transaction_commits_rows_and_watermark_together_or_neither(
     assert await db.fetchval(f"SELECT count(*) FROM {items}") == 3
 
 
+async def test_rewind_lowers_the_watermark_with_the_rows_or_neither_and_drop_forgets(
+    store: PostgresProgressStore, pg_schema: str, db: asyncpg.Connection
+) -> None:
+    items = f'"{pg_schema}".items'
+    async with store.transaction("p", 30) as conn:
+        await conn.execute(f"CREATE TABLE {items} (n INT)")
+        await conn.executemany(f"INSERT INTO {items} VALUES ($1)", [(10,), (20,)])
+    with pytest.raises(RuntimeError, match="delete failed"):
+        async with store.rewind("p", 15) as conn:
+            await conn.execute(f"DELETE FROM {items} WHERE n >= 15")
+            raise RuntimeError("delete failed")
+    assert await store.load("p") == 30
+    assert await db.fetchval(f"SELECT count(*) FROM {items}") == 2
+    async with store.rewind("p", 15) as conn:
+        await conn.execute(f"DELETE FROM {items} WHERE n >= 15")
+    assert await store.load("p") == 15
+    assert await db.fetchval(f"SELECT array_agg(n) FROM {items}") == [10]
+    await store.add_dead_letter("p", 3, "boom")
+    await store.add_dead_letter("q", 4, "bang")
+    await store.save("q", 9)
+    await store.drop("p")
+    assert await store.watermarks() == {"q": 9}
+    assert [d.pipeline for d in await store.dead_letters()] == ["q"]
+
+
 async def test_store_used_inside_its_own_transaction_fails_fast(
     store: PostgresProgressStore,
 ) -> None:

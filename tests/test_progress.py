@@ -121,6 +121,21 @@ async def test_dead_letter_recorded_again_keeps_the_latest_error(store: Progress
     assert [(d.sequence_number, d.error) for d in await store.dead_letters()] == [(5, "second")]
 
 
+async def test_drop_forgets_one_pipelines_watermark_and_dead_letters(
+    store: ProgressStore,
+) -> None:
+    await store.save("a", 10)
+    await store.save("b", 20)
+    await store.add_dead_letter("a", 3, "boom")
+    await store.add_dead_letter("b", 4, "bang")
+    await store.drop("a")
+    assert await store.load("a") is None
+    assert await store.watermarks() == {"b": 20}
+    assert [(d.pipeline, d.sequence_number) for d in await store.dead_letters()] == [("b", 4)]
+    await store.drop("a")  # nothing left: no error
+    assert await store.save("a", 5) == 5  # a fresh start
+
+
 async def test_open_close_are_idempotent_and_context_managed(store: ProgressStore) -> None:
     await store.open()
     await store.open()
@@ -405,6 +420,24 @@ async def test_sqlite_transaction_that_raises_rolls_back_rows_and_watermark(
         await conn.execute("INSERT INTO items VALUES (3)")
     assert await sqlite_store.load("p") == 6
     assert read_db(sqlite_store.path, "SELECT n FROM items ORDER BY n") == [(1,), (3,)]
+
+
+async def test_sqlite_rewind_lowers_the_watermark_with_the_rows_or_neither(
+    sqlite_store: SqliteProgressStore,
+) -> None:
+    async with sqlite_store.transaction("p", 30) as conn:
+        await conn.execute("CREATE TABLE items (n INTEGER)")
+        await conn.executemany("INSERT INTO items VALUES (?)", [(10,), (20,)])
+    with pytest.raises(RuntimeError, match="delete failed"):
+        async with sqlite_store.rewind("p", 15) as conn:
+            await conn.execute("DELETE FROM items WHERE n >= 15")
+            raise RuntimeError("delete failed")
+    assert await sqlite_store.load("p") == 30
+    assert read_db(sqlite_store.path, "SELECT n FROM items ORDER BY n") == [(10,), (20,)]
+    async with sqlite_store.rewind("p", 15) as conn:
+        await conn.execute("DELETE FROM items WHERE n >= 15")
+    assert await sqlite_store.load("p") == 15
+    assert read_db(sqlite_store.path, "SELECT n FROM items") == [(10,)]
 
 
 async def test_sqlite_transaction_watermark_is_rise_only(

@@ -145,14 +145,14 @@ class SqliteClaimStore(ClaimStore):
     async def ensure_chunks(self, pipeline: str, count: int) -> None:
         """Create the rows of chunks 0..count-1 that are missing; existing rows are untouched."""
         if count > 0:
-            async with self._immediate("create chunks") as conn:
+            async with self._db.immediate("create chunks") as conn:
                 await self._db.checked(conn, "create chunks", _ENSURE, (count, pipeline))
 
     async def claim(self, pipeline: str, chunk: int, owner: str, ttl: float) -> Claim | None:
         """Lease ``chunk`` to ``owner`` until now + ttl, or None if it is held or done."""
         _base.check_chunk(chunk)
         ttl = _base.check_ttl(ttl)
-        async with self._immediate("claim") as conn:
+        async with self._db.immediate("claim") as conn:
             now = self.clock()
             if await self._forbidden(conn, pipeline, chunk, owner, now):
                 return None
@@ -170,7 +170,7 @@ class SqliteClaimStore(ClaimStore):
         """Claim the lowest available chunk (within ``chunks``), or None if none is available."""
         ttl = _base.check_ttl(ttl)
         low, high = _base.chunk_bounds(chunks)
-        async with self._immediate("claim") as conn:
+        async with self._db.immediate("claim") as conn:
             now = self.clock()
             if await self._forbidden(conn, pipeline, 0, owner, now):
                 return None
@@ -188,7 +188,7 @@ class SqliteClaimStore(ClaimStore):
     async def extend(self, claim: Claim, ttl: float) -> Claim:
         """Renew the lease to now + ttl; ClaimLost / ClaimNotFound when it is not ours."""
         ttl = _base.check_ttl(ttl)
-        async with self._immediate("extend a claim") as conn:
+        async with self._db.immediate("extend a claim") as conn:
             await self._check(conn, claim, live=False)
             now = self.clock()
             sql = """UPDATE indexer_claims SET expires_at = ?, renewed_at = ?
@@ -200,7 +200,7 @@ class SqliteClaimStore(ClaimStore):
 
     async def release(self, claim: Claim, done: bool = False) -> None:
         """Give the lease up (``done``: the chunk is complete); errors as ``extend``."""
-        async with self._immediate("release a claim") as conn:
+        async with self._db.immediate("release a claim") as conn:
             await self._check(conn, claim, live=False)
             sql = """UPDATE indexer_claims SET owner = NULL, expires_at = NULL, done = done OR ?
                      WHERE pipeline = ? AND chunk = ?"""
@@ -220,7 +220,7 @@ class SqliteClaimStore(ClaimStore):
         sql = """UPDATE indexer_claims SET expires_at = ?
                  WHERE pipeline = ? AND chunk = ? AND owner = ? AND token = ?"""
         params = (self.clock(), pipeline, state.chunk, state.owner, state.token)
-        async with self._immediate("end a lease") as conn:
+        async with self._db.immediate("end a lease") as conn:
             rows = await self._db.checked_all(
                 conn, "end a lease", [(sql, params), ("SELECT changes()", ())]
             )
@@ -237,7 +237,7 @@ class SqliteClaimStore(ClaimStore):
 
     async def save_progress(self, claim: Claim, next_checkpoint: int) -> None:
         """Store the chunk's progress while ``claim`` is a live lease, else ClaimLost."""
-        async with self._immediate("save progress") as conn:
+        async with self._db.immediate("save progress") as conn:
             await self._check(conn, claim, live=True)
             params = (next_checkpoint, claim.pipeline, claim.chunk)
             await self._db.checked(conn, "save progress", _SET_PROGRESS, params)
@@ -254,7 +254,7 @@ class SqliteClaimStore(ClaimStore):
         """Yield the connection inside ``BEGIN IMMEDIATE`` after checking the lease is live;
         check it again, save ``next_checkpoint`` and commit on a clean exit, roll back if the
         block raises (see ``ClaimStore.fenced``)."""
-        async with self._immediate("begin a fenced transaction") as conn:
+        async with self._db.immediate("begin a fenced transaction") as conn:
             expires_at = await self._check(conn, claim, live=True)
             if recheck and next_checkpoint is not None:
                 await self._raise_if_covered(conn, claim, next_checkpoint)
@@ -277,7 +277,7 @@ class SqliteClaimStore(ClaimStore):
         """Record ``layout`` unless the pipeline has one; return the recorded one."""
         insert = """INSERT OR IGNORE INTO indexer_chunk_layouts
                     (pipeline, first_checkpoint, chunk_size) VALUES (?, ?, ?)"""
-        async with self._immediate("record the chunk layout") as conn:
+        async with self._db.immediate("record the chunk layout") as conn:
             params = (pipeline, layout.first, layout.chunk_size)
             await self._db.checked(conn, "record the chunk layout", insert, params)
             rows = await self._db.checked(conn, "record the chunk layout", _LAYOUT, (pipeline,))
@@ -290,7 +290,7 @@ class SqliteClaimStore(ClaimStore):
 
     async def forget(self, pipeline: str) -> None:
         """Delete the pipeline's layout and chunk rows."""
-        async with self._immediate("forget chunks") as conn:
+        async with self._db.immediate("forget chunks") as conn:
             for table in ("indexer_claims", "indexer_chunk_layouts"):
                 sql = f"DELETE FROM {table} WHERE pipeline = ?"
                 await self._db.checked(conn, "forget chunks", sql, (pipeline,))
@@ -328,15 +328,3 @@ class SqliteClaimStore(ClaimStore):
         rows = await self._db.checked(conn, "check a claim", _ROW, (claim.pipeline, claim.chunk))
         _base.check_holder(claim, rows[0] if rows else None, self.clock(), live=live)
         return float(rows[0][2])
-
-    @asynccontextmanager
-    async def _immediate(self, action: str) -> AsyncIterator[aiosqlite.Connection]:
-        """A write transaction holding the file's write lock; commits on a clean exit."""
-        async with self._db.exclusive() as conn:
-            try:
-                await self._db.checked(conn, action, "BEGIN IMMEDIATE")
-                yield conn
-                await self._db.checked(conn, action, "COMMIT")
-            except BaseException:
-                await rollback(conn)
-                raise

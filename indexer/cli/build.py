@@ -20,7 +20,7 @@ from ..worker import Worker
 from .config import Config, PipelineConfig, import_object
 from .stores import build_store, named, resolve_path
 
-__all__ = ["build_executor", "build_pool", "build_source"]
+__all__ = ["build_executor", "build_pool", "build_reducer", "build_source"]
 
 T = TypeVar("T")
 
@@ -57,20 +57,27 @@ def _instantiate(cls: Any, options: dict[str, Any], where: str, base: type[T]) -
         raise ConfigurationError(f"{where}: {cls.__name__}({options}) failed: {exc}") from None
 
 
+def build_reducer(config: Config, name: str) -> Reducer[Any] | None:
+    """Pipeline ``name``'s Reducer, imported and constructed, or None when it has none."""
+    spec = config.pipelines[name].reducer
+    if spec is None:
+        return None
+    key = f"{config.origin}: pipelines.{name}.reducer"
+    reducer_cls = import_object(spec.cls, f"{key}.class")
+    reducer = _instantiate(reducer_cls, spec.options, key, Reducer)
+    for limit, value in spec.limits().items():  # unset: the reducer's own
+        setattr(reducer, limit, value)
+    with named(config, f"pipelines.{name}.reducer"):
+        reducer.validate()
+    return reducer
+
+
 def build_pool(config: Config, name: str, pipeline: PipelineConfig) -> WorkerPool[Any, Any]:
     """One pipeline's WorkerPool, with its worker and reducer imported and constructed."""
     key = f"{config.origin}: pipelines.{name}"
     worker_cls = import_object(pipeline.worker, f"{key}.worker")
     worker = _instantiate(worker_cls, pipeline.options, f"{key}.worker", Worker)
-    reducer = None
-    if pipeline.reducer is not None:
-        spec = pipeline.reducer
-        reducer_cls = import_object(spec.cls, f"{key}.reducer.class")
-        reducer = _instantiate(reducer_cls, spec.options, f"{key}.reducer", Reducer)
-        for limit, value in spec.limits().items():  # unset: the reducer's own
-            setattr(reducer, limit, value)
-        with named(config, f"pipelines.{name}.reducer"):
-            reducer.validate()
+    reducer = build_reducer(config, name)
     with named(config, f"pipelines.{name}"):
         return WorkerPool(
             worker,

@@ -261,28 +261,51 @@ def status(config_path: Path | None, feed: str | None, store: str | None, as_jso
 @main.command()
 @config_option
 @store_option
-@click.option("--pipeline", required=True, help="The pipeline whose watermark to set.")
+@click.option("--pipeline", required=True, help="The pipeline to reset (or drop).")
 @click.option(
     "--to",
     "to",
     type=click.IntRange(min=0),
-    required=True,
-    help="The new watermark (next checkpoint to process).",
+    help="The new watermark (next checkpoint to process), lower included.",
+)
+@click.option(
+    "--drop", is_flag=True, help="Forget the pipeline: its watermark, dead letters and chunks."
+)
+@click.option(
+    "--delete-rows",
+    is_flag=True,
+    help="Also delete the rows its sink wrote for the checkpoints to index again "
+    "(sinks that record each row's checkpoint).",
 )
 @click.option("--force", is_flag=True, help="Really do it.")
 @handle_errors
-def reset(config_path: Path | None, store: str | None, pipeline: str, to: int, force: bool) -> None:
-    """Set a pipeline's watermark, lower included: the only way to re-index."""
-    config = _load(config_path, **{"progress.store": store})
-    from .status import reset_pipeline
+def reset(
+    config_path: Path | None,
+    store: str | None,
+    pipeline: str,
+    to: int | None,
+    drop: bool,
+    delete_rows: bool,
+    force: bool,
+) -> None:
+    """Set a pipeline's watermark, lower included (the way to re-index), or drop the pipeline.
 
-    current, chunks = run_on(config.run.event_loop, reset_pipeline(config, pipeline, to, force))
-    what = f"pipeline {pipeline!r} from {current if current is not None else 'nothing'} to {to}"
-    if chunks:
-        what += f" and drop its {chunks} chunk claims"
+    Without --force, say what would be done."""
+    if (to is None) == (not drop):
+        raise click.UsageError("give either --to N or --drop")
+    config = _load(config_path, **{"progress.store": store})
+    from .reset import reset_pipeline
+
+    outcome = run_on(
+        config.run.event_loop,
+        reset_pipeline(config, pipeline, to, force=force, delete_rows=delete_rows),
+    )
+    for warning in outcome.warnings:
+        click.echo(f"indexer: warning: {warning}", err=True)
+    spec = str(config.progress.spec)
     if not force:
-        _fail(f"would reset {what} in {config.progress.spec}; add --force to do it", 2)
-    click.echo(f"reset {what}")
+        _fail(f"would {outcome.describe(spec, done=False)}; add --force to do it", 2)
+    click.echo(outcome.describe(spec, done=True))
 
 
 # -- generate ---------------------------------------------------------------------------------

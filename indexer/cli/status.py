@@ -1,4 +1,4 @@
-"""What ``indexer status`` and ``indexer reset`` do: read (or lower) a job's saved state.
+"""What ``indexer status`` does: read a job's saved state.
 
 A status report holds, per pipeline, the watermark, the feed's newest checkpoint, the lag and
 the dead letters; for a pipeline cut into chunks (scale-out) also its chunk layout and every
@@ -11,13 +11,12 @@ import contextlib
 import time
 from typing import Any
 
-from ..claims import WHOLE, ChunkLayout, ChunkState, ClaimStore
-from ..errors import ConfigurationError
+from ..claims import ChunkLayout, ChunkState, ClaimStore
 from .build import build_source
 from .config import Config
 from .stores import build_claim_store, build_store
 
-__all__ = ["render_status", "reset_pipeline", "status_report"]
+__all__ = ["render_status", "status_report"]
 
 #: Chunks listed per pipeline in the table (the JSON report lists all of them).
 SHOWN_CHUNKS = 20
@@ -153,33 +152,3 @@ def render_status(report: dict[str, Any]) -> None:
 
 def _cell(value: int | None) -> str:
     return "-" if value is None else str(value)
-
-
-async def reset_pipeline(
-    config: Config, pipeline: str, to: int, force: bool
-) -> tuple[int | None, int]:
-    """Set ``pipeline``'s watermark to ``to`` (with ``force``) and drop its chunk claims, so that
-    a scaled-out run re-cuts the range from the new watermark. Returns the watermark before and
-    the number of chunk rows dropped (or that would be). Refuses while a lease is live."""
-    if not force and not config.progress.spec.exists():
-        return None, 0
-    claims = _claims(config)
-    async with contextlib.AsyncExitStack() as stack:
-        progress = await stack.enter_async_context(build_store(config))
-        current = await progress.load(pipeline)
-        chunks: list[ChunkState] = []
-        if claims is not None:
-            await stack.enter_async_context(claims)
-            chunks = await claims.chunks(pipeline)
-            held = await claims.holders(pipeline)
-            if held:
-                what = "it" if held[0].chunk == WHOLE else f"chunk {held[0].chunk}"
-                raise ConfigurationError(
-                    f"pipeline {pipeline!r} is running: {what} is leased to "
-                    f"{held[0].owner!r}; stop every process of the job before a reset"
-                )
-        if force:
-            await progress.reset(pipeline, to)
-            if claims is not None:
-                await claims.forget(pipeline)
-    return current, len(chunks)

@@ -81,6 +81,10 @@ class ProgressStore(Openable):
     async def dead_letters(self, pipeline: str | None = None) -> list[DeadLetter]:
         """Dead-lettered checkpoints, of one pipeline or all, in sequence order."""
 
+    async def drop(self, pipeline: str) -> None:
+        """Forget ``pipeline``: its watermark and dead letters (``indexer reset --drop``)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot drop a pipeline")
+
 
 class TransactionalProgressStore(ProgressStore):
     """A store on a database that can write a batch and a watermark in one transaction.
@@ -99,6 +103,12 @@ class TransactionalProgressStore(ProgressStore):
         self, pipeline: str, watermark: int, *, recheck: bool = False
     ) -> AbstractAsyncContextManager[Any]:
         """Open a transaction that also raises ``pipeline``'s watermark when it commits."""
+
+    def rewind(self, pipeline: str, watermark: int) -> AbstractAsyncContextManager[Any]:
+        """Open a transaction that sets ``pipeline``'s watermark to ``watermark``, lower
+        included, when it commits: a reset and the deletion of the rows it re-indexes, at
+        once (``indexer reset --delete-rows``)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot rewind in a transaction")
 
 
 class FencedView(TransactionalProgressStore):
@@ -122,6 +132,9 @@ class FencedView(TransactionalProgressStore):
 
     async def dead_letters(self, pipeline: str | None = None) -> list[DeadLetter]:
         return await self.inner.dead_letters(pipeline)
+
+    async def drop(self, pipeline: str) -> None:
+        await self.inner.drop(pipeline)
 
 
 def base_store(store: ProgressStore) -> ProgressStore:

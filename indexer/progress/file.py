@@ -115,6 +115,12 @@ class FileProgressStore(ProgressStore):
         if watermarks.get(pipeline) != watermark:
             self._write({**watermarks, pipeline: watermark}, self._dead_letters)
 
+    async def drop(self, pipeline: str) -> None:
+        """Forget the pipeline's watermark and dead letters, and rewrite the file."""
+        watermarks = {k: v for k, v in self._loaded().items() if k != pipeline}
+        letters = {k: v for k, v in self._dead_letters.items() if k[0] != pipeline}
+        self._write(watermarks, letters)
+
     async def watermarks(self) -> dict[str, int]:
         """A copy of every pipeline's watermark."""
         return dict(self._loaded())

@@ -32,6 +32,12 @@ class MemoryProgressStore(ProgressStore):
         """Set the watermark to any value, lower included."""
         self._watermarks[pipeline] = watermark
 
+    async def drop(self, pipeline: str) -> None:
+        """Forget the pipeline's watermark and dead letters."""
+        self._watermarks.pop(pipeline, None)
+        for key in [key for key in self._dead_letters if key[0] == pipeline]:
+            del self._dead_letters[key]
+
     async def watermarks(self) -> dict[str, int]:
         """A copy of every pipeline's watermark."""
         return dict(self._watermarks)

@@ -124,6 +124,24 @@ class PostgresProgressStore(DatabaseStore):
         """Set the watermark to any value, lower included."""
         await self._db.run("reset", lambda c: c.execute(self._reset, pipeline, watermark))
 
+    async def drop(self, pipeline: str) -> None:
+        """Delete the pipeline's watermark and dead letters."""
+
+        async def drop(conn: asyncpg.Connection) -> None:
+            async with conn.transaction():
+                for table in (self._watermarks, self._dead_letters):
+                    await conn.execute(f"DELETE FROM {table} WHERE pipeline = $1", pipeline)
+
+        await self._db.run("drop a pipeline", drop)
+
+    @asynccontextmanager
+    async def rewind(self, pipeline: str, watermark: int) -> AsyncIterator[asyncpg.Connection]:
+        """Yield a connection inside a transaction; set the watermark (lower included) and
+        commit on a clean exit, roll everything back if the block raises."""
+        async with self._db.transaction() as conn:
+            yield conn
+            await conn.execute(self._reset, pipeline, watermark)
+
     async def watermarks(self) -> dict[str, int]:
         """Every pipeline's watermark."""
         sql = f"SELECT pipeline, next_checkpoint FROM {self._watermarks}"

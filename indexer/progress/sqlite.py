@@ -102,6 +102,21 @@ class SqliteProgressStore(DatabaseStore):
         """Set the watermark to any value, lower included."""
         await self._db.run("reset", _RESET, (pipeline, watermark, time.time()))
 
+    async def drop(self, pipeline: str) -> None:
+        """Delete the pipeline's watermark and dead letters."""
+        async with self._db.immediate("drop a pipeline") as conn:
+            for table in ("indexer_watermarks", "indexer_dead_letters"):
+                sql = f"DELETE FROM {table} WHERE pipeline = ?"
+                await self._db.checked(conn, "drop a pipeline", sql, (pipeline,))
+
+    @asynccontextmanager
+    async def rewind(self, pipeline: str, watermark: int) -> AsyncIterator[aiosqlite.Connection]:
+        """Yield the connection inside ``BEGIN IMMEDIATE``; set the watermark (lower included)
+        and commit on a clean exit, roll everything back if the block raises."""
+        async with self._db.immediate("rewind") as conn:
+            yield conn
+            await self._db.checked(conn, "rewind", _RESET, (pipeline, watermark, time.time()))
+
     async def watermarks(self) -> dict[str, int]:
         """Every pipeline's watermark."""
         rows = await self._db.run(

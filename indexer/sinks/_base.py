@@ -6,6 +6,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar, TypeVar
 
 from ..errors import ConfigurationError
+from ..progress import ProgressStore, TransactionalProgressStore
 from ..reducer import Reducer
 
 MessageT = TypeVar("MessageT")
@@ -32,6 +33,9 @@ class DatabaseSink(Reducer[MessageT]):
     database_key: ClassVar[str]
     #: The kind of database, for errors ("SQLite").
     database_kind: ClassVar[str]
+    #: The column holding each row's checkpoint number, if any: with it the sink can delete
+    #: the rows a re-index would write again (``indexer reset --delete-rows``).
+    checkpoint_column: str | None = None
 
     @property
     def label(self) -> str:
@@ -49,6 +53,12 @@ class DatabaseSink(Reducer[MessageT]):
         """Write ``batch`` (never empty, in checkpoint order) with ``connection``, inside a
         transaction someone else commits: do not commit or roll back."""
         raise NotImplementedError(f"{type(self).__name__} must implement write")
+
+    async def delete_from(self, connection: Any, checkpoint: int) -> int:
+        """Delete the rows of checkpoints ``checkpoint`` and later with ``connection``, inside
+        a transaction someone else commits; return how many went. Only for a sink with a
+        ``checkpoint_column``."""
+        raise NotImplementedError(f"{self.label} cannot delete rows by checkpoint")
 
     # -- the backend's part ------------------------------------------------------------------
 
@@ -103,3 +113,17 @@ class DatabaseSink(Reducer[MessageT]):
     async def close(self) -> None:
         """Close the sink's own connection, if it opened one."""
         await self.close_own_connection()
+
+    async def rewind(self, store: ProgressStore, pipeline: str, watermark: int) -> int:
+        """Set ``pipeline``'s watermark to ``watermark`` (lower included) and delete the rows
+        of checkpoints from there on; returns how many rows went. Sharing the store's
+        database, both happen in one transaction; on a database of its own, the watermark
+        first, so that a crash in between leaves rows to be written again, never a gap."""
+        if self.uses_store_transaction(store):
+            assert isinstance(store, TransactionalProgressStore)
+            async with store.rewind(pipeline, watermark) as connection:
+                return await self.delete_from(connection, watermark)
+        self.check_store(store)
+        await store.reset(pipeline, watermark)
+        async with self.own_transaction() as connection:
+            return await self.delete_from(connection, watermark)
