@@ -7,8 +7,10 @@ Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -32,6 +34,26 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _output_closed() -> None:
+    """Point stdout and stderr at /dev/null: their reader went away (``| head``), and the
+    interpreter's final flush must not fail on them again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+
+
+def echo_result(text: str) -> None:
+    """Print a command's result; a reader that went away (``| head``) does not fail a command
+    whose work is done."""
+    try:
+        click.echo(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _output_closed()
+
+
 def handle_errors(func: F) -> F:
     """One line on stderr and the exit code the brief promises, instead of a traceback."""
 
@@ -39,6 +61,9 @@ def handle_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except BrokenPipeError:  # nobody reads the output any more: nothing more to say
+            _output_closed()
+            sys.exit(1)
         except Exception as exc:
             known = failure_exit(exc)
             if known is None:
@@ -236,7 +261,7 @@ def run(
     from .run import run_indexer
 
     summary = run_indexer(config)
-    click.echo(summary)
+    echo_result(summary)
 
 
 # -- status and reset -------------------------------------------------------------------------
