@@ -329,7 +329,7 @@ def test_status_shows_leases_and_reset_waits_for_them(feed: Path, tmp_path: Path
             await claims.release(held)
 
     asyncio.run(release())
-    assert "drop its 6 chunk claims" in indexer(*reset)
+    assert "dropped its 6 chunk claims" in indexer(*reset)
     report = json.loads(indexer("status", "-c", str(config), "--json"))
     assert "chunks" not in report["pipelines"][0]
     assert report["pipelines"][0]["watermark"] == 0
