@@ -5,6 +5,9 @@ A library used from code should not print: unconfigured, structlog would print e
 stdout with its development renderer. Instead the lines go to ``logging.getLogger("indexer")``,
 which has a ``NullHandler`` as libraries' loggers do, so they appear only where the
 application configured ``logging``; ``event key=value ...`` is their message.
+
+``exc_info=exception`` adds the exception's traceback: structlog renders it (in one JSON field,
+or below the line on a console), the standard library below the message.
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ class Logger:
             return
         logger = logging.getLogger(self.name)
         if logger.isEnabledFor(level):
+            exc_info = fields.pop("exc_info", None)
             pairs = " ".join(f"{key}={value!r}" for key, value in fields.items())
-            logger.log(level, "%s %s" if pairs else "%s%s", event, pairs)
+            logger.log(level, "%s %s" if pairs else "%s%s", event, pairs, exc_info=exc_info)
 
     def debug(self, event: str, **fields: Any) -> None:
         self._emit(logging.DEBUG, "debug", event, fields)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
@@ -38,6 +39,15 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     ``max_attempts=None`` retries forever. When attempts run out, ``on_exhausted="halt"`` stops the
     pipeline with an error naming the checkpoint; ``"skip"`` dead-letters it and goes on.
     A pipeline's ``[pipelines.NAME.retry]`` table is this struct, key for key.
+
+    A bug is not retried forever: when ``bug_checkpoints`` checkpoints (or ``concurrency`` of
+    them, if fewer) have each failed ``bug_attempts`` times with the same exception (type and
+    message) raised at the same line, and its type is one ``bug_errors`` names (or a subclass),
+    ``process_checkpoint`` failures halt the pipeline whatever ``max_attempts`` and
+    ``on_exhausted`` say: retrying cannot fix a typo, and skipping would dead-letter every
+    checkpoint. The types are those of errors in code, which an outage does not raise
+    (connection errors and timeouts are ``OSError``s); ``bug_errors = []`` turns this off, and
+    ``KeyError`` or ``ValueError`` may be added where they mean a bug.
     """
 
     initial: float = 0.1
@@ -46,6 +56,16 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     max_attempts: int | None = None
     jitter: float = 0.2
     on_exhausted: Literal["halt", "skip"] = "halt"
+    bug_errors: tuple[str, ...] = (
+        "AttributeError",
+        "NameError",
+        "TypeError",
+        "ImportError",
+        "SyntaxError",
+        "NotImplementedError",
+    )
+    bug_checkpoints: int = 3
+    bug_attempts: int = 5
 
     def __post_init__(self) -> None:
         def bad(key: str, rule: str) -> ConfigurationError:
@@ -63,10 +83,25 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
             raise bad("jitter", f"must be between 0 and 1, got {self.jitter}")
         if self.on_exhausted not in ("halt", "skip"):
             raise bad("on_exhausted", f"must be 'halt' or 'skip', got {self.on_exhausted!r}")
+        for name in self.bug_errors:
+            if not _CLASS_NAME.fullmatch(name):
+                raise bad("bug_errors", f"must name exception classes, got {name!r}")
+        for key in ("bug_checkpoints", "bug_attempts"):
+            if getattr(self, key) < 1:
+                raise bad(key, f"must be at least 1, got {getattr(self, key)}")
 
     def exhausted(self, attempts: int) -> bool:
         """True when ``attempts`` failed attempts use up the policy."""
         return self.max_attempts is not None and attempts >= self.max_attempts
+
+    def means_a_bug(self, exc: BaseException) -> bool:
+        """True when ``exc``'s type, or a base of it, is one ``bug_errors`` names (``Name`` or
+        ``module.Name``)."""
+        names = self.bug_errors
+        return bool(names) and any(
+            cls.__name__ in names or f"{cls.__module__}.{cls.__qualname__}" in names
+            for cls in type(exc).__mro__
+        )
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after the ``attempt``-th failure (1-based)."""
@@ -78,6 +113,8 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
             base *= random.uniform(1 - self.jitter, 1 + self.jitter)
         return min(base, self.max_delay)
 
+
+_CLASS_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 #: How a pipeline retries a write to its progress store (a watermark save, a dead letter).
 STORE_WRITE_RETRY = RetryPolicy(initial=0.1, max_delay=5.0)

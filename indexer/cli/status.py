@@ -1,8 +1,10 @@
 """What ``indexer status`` does: read a job's saved state.
 
-A status report holds, per pipeline, the watermark, the feed's newest checkpoint, the lag and
-the dead letters; for a pipeline cut into chunks (scale-out) also its chunk layout and every
-chunk not yet done, with its owner, lease expiry and saved progress.
+A status report holds, per pipeline, the watermark, the feed's newest checkpoint, the lag, the
+dead letters and the checkpoint holding the watermark back, if one keeps failing (the stall a
+run records: attempts, last error, where it was raised, time since the last commit); for a
+pipeline cut into chunks (scale-out) also its chunk layout and every chunk not yet done, with
+its owner, lease expiry and saved progress.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 from typing import Any
 
 from ..claims import ChunkLayout, ChunkState, ClaimStore
+from ..progress import Stall
 from .build import build_source
 from .config import Config
 from .stores import build_claim_store, build_store
@@ -35,6 +38,7 @@ async def status_report(config: Config, now: float | None = None) -> dict[str, A
     exists = config.progress.spec.exists()
     claims = _claims(config) if exists else None
     source = build_source(config)
+    now = time.time() if now is None else now
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(source.close)
         if exists:  # a read-only look must not create a store (a typo would look fresh)
@@ -49,20 +53,39 @@ async def status_report(config: Config, now: float | None = None) -> dict[str, A
         for name in names:
             watermark = saved.get(name)
             dead = await store.dead_letters(name) if exists else []
+            stalls = await store.stalls(name) if exists else []
             row: dict[str, Any] = {
                 "pipeline": name,
                 "watermark": watermark,
                 "feed_latest": latest,
                 "lag": None if latest is None else max(0, latest + 1 - (watermark or 0)),
                 "dead_letters": [d.sequence_number for d in dead],
+                "stuck": _stuck(stalls, watermark or 0, now),
             }
             if claims is not None and name in chunked:
                 layout = await claims.layout(name)
                 assert layout is not None
                 chunks = await claims.chunks(name)
-                row["chunks"] = _chunk_report(layout, chunks, time.time() if now is None else now)
+                row["chunks"] = _chunk_report(layout, chunks, now)
             rows.append(row)
     return {"store": str(config.progress.spec), "store_exists": exists, "pipelines": rows}
+
+
+def _stuck(stalls: list[Stall], watermark: int, now: float) -> dict[str, Any] | None:
+    """The lowest recorded stall the watermark has not passed (one it passed is over, even
+    if the run that recorded it never cleared it); None when there is none."""
+    stall = next((s for s in stalls if s.checkpoint >= watermark), None)
+    if stall is None:
+        return None
+    return {
+        "checkpoint": stall.checkpoint,
+        "attempts": stall.attempts,
+        "error": stall.error,
+        "location": stall.location,
+        "seconds_failing": round(max(0.0, now - stall.failing_since), 1),
+        "seconds_since_commit": round(max(0.0, now - stall.committed_at), 1),
+        "seconds_since_report": round(max(0.0, now - stall.reported_at), 1),
+    }
 
 
 def _chunk_report(layout: ChunkLayout, chunks: list[ChunkState], now: float) -> dict[str, Any]:
@@ -124,6 +147,7 @@ def render_status(report: dict[str, Any]) -> None:
             )
         table.add_row(*cells)
     console.print(table)
+    _render_stuck(console, report["pipelines"])
     for row in chunked:
         chunks = row["chunks"]
         pending = chunks["pending"]
@@ -148,6 +172,26 @@ def render_status(report: dict[str, Any]) -> None:
         if len(pending) > SHOWN_CHUNKS:
             detail.caption = f"… and {len(pending) - SHOWN_CHUNKS} more (--json lists all)"
         console.print(detail)
+
+
+def _render_stuck(console: Any, rows: list[dict[str, Any]]) -> None:
+    """Each checkpoint holding a watermark back, in three lines: the counts, the last error,
+    where it was raised (errors are too long for a table's cell)."""
+    from rich.markup import escape
+
+    for row in rows:
+        stall = row.get("stuck")
+        if not stall:
+            continue
+        console.print(
+            f"[bold]{escape(row['pipeline'])}[/bold]: stuck at checkpoint {stall['checkpoint']}"
+            f" ({stall['attempts']} attempts, failing for {stall['seconds_failing']:.0f} s,"
+            f" last commit {stall['seconds_since_commit']:.0f} s ago,"
+            f" reported {stall['seconds_since_report']:.0f} s ago)",
+            highlight=False,
+        )
+        console.print(f"  {escape(stall['error'])}", highlight=False, soft_wrap=True)
+        console.print(f"  at {escape(stall['location'])}", highlight=False, soft_wrap=True)
 
 
 def _cell(value: int | None) -> str:

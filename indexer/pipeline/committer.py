@@ -52,6 +52,8 @@ class Committer:
         self.store = store
         self.reducer = reducer
         self.saved = saved  # the watermark the store holds
+        #: When this run last raised the saved watermark (when it started, until it does).
+        self.saved_at = time.time()
         self.stats = stats
         self.progress_interval = progress_interval
         self._stopping = stopping
@@ -201,6 +203,7 @@ class Committer:
 
             seconds = await self._retrying(commit, reducer.commit_retry, what, batch=True)
             self.saved = max(self.saved, upto)
+            self.saved_at = time.time()
         else:
             seconds = await self._retrying(
                 lambda: reducer.commit(batch), reducer.commit_retry, what, batch=True
@@ -220,6 +223,7 @@ class Committer:
 
         async def save() -> None:
             self.saved = await store.save(self.pipeline, watermark)
+            self.saved_at = time.time()
 
         await self._retrying(save, STORE_WRITE_RETRY, "watermark save", batch=False)
         self.tracker.release(watermark)

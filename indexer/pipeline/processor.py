@@ -5,7 +5,8 @@ order and a checkpoint coming back from a long ``Retry`` goes ahead of newer one
 plain named tasks, ``concurrency`` of them for the whole run: a task per checkpoint would cost
 a spawn each, and a pool that bounds spawned coroutines has nothing to bound when the number
 of tasks is fixed (ARCHITECTURE.md, Dependencies). Failures are retried per the RetryPolicy
-with cancellable sleeps.
+with cancellable sleeps; a checkpoint's first failure is logged with its traceback, and the
+same error at the same line on several checkpoints halts as a bug (``RetryPolicy.bug_errors``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..errors import ConfigurationError, PipelineHalted
 from ..retry import STORE_WRITE_RETRY, RetryAbandoned, logged_retry, retry, sleep_unless_set
 from ..stats import PipelineStats
 from ..worker import Retry, Worker
+from .failures import FailingCheckpoints, Failure
 
 if TYPE_CHECKING:
     from ..retry import RetryPolicy
@@ -135,6 +137,7 @@ class Processor:
         on_halt: Callable[[PipelineHalted], None],
         dead_letter: Callable[[int, str], Awaitable[None]],
         stats: PipelineStats,
+        failing: FailingCheckpoints | None = None,
         timed: bool = True,
     ) -> None:
         self.pipeline = pipeline
@@ -148,6 +151,8 @@ class Processor:
         self._on_complete = on_complete
         self._on_halt = on_halt
         self._dead_letter = dead_letter
+        #: The checkpoints failing now (the lowest holds the watermark back).
+        self.failing = failing if failing is not None else FailingCheckpoints()
         #: Where checkpoints wait for a free task; the pipeline puts them here.
         self.queue = ReadyQueue()
         self._timers: dict[int, asyncio.TimerHandle] = {}
@@ -217,39 +222,93 @@ class Processor:
             raise
 
     async def _recover(self, sequence_number: int, checkpoint: Any, exc: Exception) -> Any:
-        """Retry a failed checkpoint until it succeeds, is rescheduled, skipped or abandoned."""
+        """Retry a failed checkpoint until it succeeds, is rescheduled, skipped or abandoned,
+        or its failures show a bug."""
         attempts = 0
+        failing = self.failing
         while True:
             if isinstance(exc, Retry):
                 if exc.after > self.reschedule_threshold:
+                    failing.recovered(sequence_number)  # waiting as asked, not failing
                     self._reschedule(sequence_number, checkpoint, exc.after)
                     return _NO_COMPLETION
                 if not await sleep_unless_set(self._stopping, exc.after):
                     return _NO_COMPLETION
             else:
                 attempts += 1
+                failure = failing.failed(sequence_number, attempts, exc)
+                bug = self._bug(failure, exc)
+                if bug is not None:
+                    self._on_halt(bug)
+                    return _NO_COMPLETION
                 if self.retry.exhausted(attempts):
-                    return await self._exhausted(sequence_number, attempts, exc)
+                    return await self._exhausted(sequence_number, attempts, exc, failure)
                 self.stats.retries += 1
                 delay = self.retry.delay(attempts)
-                failed = logged_retry(
-                    "checkpoint failed, retrying",
-                    pipeline=self.pipeline,
-                    checkpoint=sequence_number,
-                )
-                failed(attempts, exc, delay)
+                self._log_failure(sequence_number, attempts, exc, failure, delay)
                 if not await sleep_unless_set(self._stopping, delay):
                     return _NO_COMPLETION
             try:
-                return await self.worker.process_checkpoint(checkpoint)
+                message = await self.worker.process_checkpoint(checkpoint)
             except Exception as again:
                 exc = again
+            else:
+                failing.recovered(sequence_number)
+                return message
 
-    async def _exhausted(self, sequence_number: int, attempts: int, exc: Exception) -> Any:
-        error = f"checkpoint {sequence_number} failed after {attempts} attempts: {exc!r}"
+    def _log_failure(
+        self, sequence_number: int, attempts: int, exc: Exception, failure: Failure, delay: float
+    ) -> None:
+        """One line per retry; a checkpoint's first failure also carries the traceback, unless
+        the same failure's was logged within a minute (``traceback_due``)."""
+        fields: dict[str, Any] = {
+            "pipeline": self.pipeline,
+            "checkpoint": sequence_number,
+            "attempt": attempts,
+            "delay": round(delay, 3),
+            "error": repr(exc),
+            "location": failure.location,
+        }
+        if attempts == 1 and self.failing.traceback_due(failure):
+            fields["exc_info"] = exc
+        log.warning("checkpoint failed, retrying", **fields)
+
+    def _bug(self, failure: Failure, exc: Exception) -> PipelineHalted | None:
+        """The halt when ``failure`` shows a bug (``RetryPolicy.bug_errors``): a type of error
+        in code, raised at the same line with the same message by ``bug_checkpoints``
+        checkpoints (``concurrency`` if fewer: no more can fail at once) ``bug_attempts``
+        times each. An outage's errors are of other types and never halt here."""
+        policy = self.retry
+        if not policy.means_a_bug(exc):
+            return None
+        repeating = self.failing.repeating(failure, policy.bug_attempts)
+        if len(repeating) < min(policy.bug_checkpoints, self.concurrency):
+            return None
+        shown = ", ".join(map(str, repeating[:5])) + (", ..." if len(repeating) > 5 else "")
+        which = (
+            f"checkpoint {shown} failed"
+            if len(repeating) == 1
+            else f"checkpoints {shown} each failed"
+        )
+        return PipelineHalted(
+            self.pipeline,
+            f"{which} {policy.bug_attempts} times with {exc!r} at {failure.location} (in "
+            f"{failure.function}): a bug in the code, not an outage (see retry.bug_errors); "
+            "fix it and run again",
+            repeating[0],
+        )
+
+    async def _exhausted(
+        self, sequence_number: int, attempts: int, exc: Exception, failure: Failure
+    ) -> Any:
+        error = (
+            f"checkpoint {sequence_number} failed after {attempts} attempts: {exc!r} "
+            f"at {failure.location}"
+        )
         if self.retry.on_exhausted == "skip":
             if not await self._record_dead_letter(sequence_number, repr(exc)):
                 return _NO_COMPLETION  # stopped before it was recorded: it stays undone
+            self.failing.recovered(sequence_number)
             self.stats.dead_letters += 1
             log.error("checkpoint dead-lettered", pipeline=self.pipeline, error=error)
             return None

@@ -3,8 +3,9 @@
 The reader hands it checkpoints in sequence order (``offer_run``, ``offer``, ``submit``); it
 admits them into the in-flight window, runs the preprocess hook, and queues them for the
 processor's tasks. Completions go to the watermark tracker, whose contiguous prefix goes to
-the committer. A run is built for one ``IndexerExecutor.run`` (or one chunk) and thrown away
-after it: the ``WorkerPool`` it came from is never changed.
+the committer; the lowest checkpoint failing meanwhile goes to the store as the run's stall.
+A run is built for one ``IndexerExecutor.run`` (or one chunk) and thrown away after it: the
+``WorkerPool`` it came from is never changed.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from ..progress import ProgressStore, TransactionalProgressStore, base_store
 from ..stats import PipelineStats
 from ..worker import Worker
 from .committer import Committer
+from .failures import FailingCheckpoints
 from .pool import WorkerPool
 from .processor import Processor
+from .stall import StallReporter
 from .watermark import WatermarkTracker
 
 __all__ = ["PipelineRun"]
@@ -84,6 +87,11 @@ class PipelineRun:
         tracker.on_blocked = committer.window_full
         self._push = committer.push
         self._notify = committer.notifier
+        self.failing = FailingCheckpoints()
+        self.stall = StallReporter(
+            pool.name, store, self.failing, committed_at=lambda: committer.saved_at
+        )
+        self.failing.on_change = self.stall.changed
         self.processor = Processor(
             pool.name,
             pool.worker,
@@ -95,6 +103,7 @@ class PipelineRun:
             on_halt=self._halt,
             dead_letter=lambda seq, error: store.add_dead_letter(pool.name, seq, error),
             stats=stats,
+            failing=self.failing,
             timed=timed,
         )
         self._enqueue = self.processor.queue.put
@@ -240,12 +249,14 @@ class PipelineRun:
         self.committer.close()
         if self._committer_task is not None:
             await asyncio.wait([self._committer_task])
+        await self.stall.close()
         await self._close_reducer()
         return self.committer.saved
 
     async def abort(self) -> None:
         """Cancel everything at once (a second stop signal)."""
         self._stopping.set()
+        self.stall.abort()
         await self.processor.abort()
         if self._committer_task is not None:
             self._committer_task.cancel()

@@ -1,4 +1,4 @@
-"""Progress stores: where each pipeline's watermark and dead letters are kept.
+"""Progress stores: where each pipeline's watermark, dead letters and stalls are kept.
 
 The database stores load their drivers (aiosqlite, asyncpg) only when first named here, so
 that importing the framework does not.
@@ -7,7 +7,7 @@ that importing the framework does not.
 from typing import TYPE_CHECKING
 
 from .._lazy import lazy_attributes
-from ._base import DeadLetter, ProgressStore, TransactionalProgressStore, base_store
+from ._base import DeadLetter, ProgressStore, Stall, TransactionalProgressStore, base_store
 from .file import FileProgressStore
 from .memory import MemoryProgressStore
 
@@ -22,6 +22,7 @@ __all__ = [
     "PostgresProgressStore",
     "ProgressStore",
     "SqliteProgressStore",
+    "Stall",
     "TransactionalProgressStore",
     "base_store",
 ]

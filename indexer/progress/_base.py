@@ -1,4 +1,4 @@
-"""The progress store contract: per-pipeline watermarks and dead letters."""
+"""The progress store contract: per-pipeline watermarks, dead letters and stalls."""
 
 from __future__ import annotations
 
@@ -21,6 +21,25 @@ class DeadLetter(msgspec.Struct, frozen=True):
     sequence_number: int
     error: str
     recorded_at: float = msgspec.field(default_factory=time.time)
+
+
+class Stall(msgspec.Struct, frozen=True):
+    """A checkpoint holding a pipeline's watermark back: the lowest one failing in the run
+    that reports it, with its attempts so far and its last error. A diagnostic for ``indexer
+    status``, not progress: stores keep it beside the watermark, unfenced.
+
+    ``location`` is where the error was raised (``file:line``, in the user's code when the
+    traceback reaches it); ``committed_at`` when the reporting run last raised the watermark,
+    or when it started if it has not raised it yet. Times are seconds since the epoch."""
+
+    pipeline: str
+    checkpoint: int
+    attempts: int
+    error: str
+    location: str
+    failing_since: float
+    committed_at: float
+    reported_at: float = msgspec.field(default_factory=time.time)
 
 
 class ProgressStore(Openable):
@@ -82,8 +101,21 @@ class ProgressStore(Openable):
         """Dead-lettered checkpoints, of one pipeline or all, in sequence order."""
 
     async def drop(self, pipeline: str) -> None:
-        """Forget ``pipeline``: its watermark and dead letters (``indexer reset --drop``)."""
+        """Forget ``pipeline``: its watermark, dead letters and stalls (``indexer reset
+        --drop``)."""
         raise NotImplementedError(f"{type(self).__name__} cannot drop a pipeline")
+
+    async def report_stall(self, stall: Stall) -> None:
+        """Record ``stall`` (replacing an earlier record of the same pipeline and checkpoint).
+        A store that keeps no stalls ignores it: they are diagnostics."""
+
+    async def clear_stall(self, pipeline: str, checkpoint: int) -> None:
+        """Forget the stall of ``pipeline`` at ``checkpoint``, if one is recorded."""
+
+    async def stalls(self, pipeline: str | None = None) -> list[Stall]:
+        """Recorded stalls, of one pipeline or all, in checkpoint order. ``reset`` and
+        ``drop`` forget a pipeline's."""
+        return []
 
 
 class TransactionalProgressStore(ProgressStore):
@@ -135,6 +167,16 @@ class FencedView(TransactionalProgressStore):
 
     async def drop(self, pipeline: str) -> None:
         await self.inner.drop(pipeline)
+
+    # Stalls are diagnostics, not progress: written to the real store, outside the lease.
+    async def report_stall(self, stall: Stall) -> None:
+        await self.inner.report_stall(stall)
+
+    async def clear_stall(self, pipeline: str, checkpoint: int) -> None:
+        await self.inner.clear_stall(pipeline, checkpoint)
+
+    async def stalls(self, pipeline: str | None = None) -> list[Stall]:
+        return await self.inner.stalls(pipeline)
 
 
 def base_store(store: ProgressStore) -> ProgressStore:

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 try:
     import fcntl
@@ -17,23 +18,26 @@ import msgspec
 
 from ..durable import write_atomically
 from ..errors import PipelineHeld, ProgressStoreError
-from ._base import DeadLetter, ProgressStore
+from ._base import DeadLetter, ProgressStore, Stall
 
 
 class _ProgressFile(msgspec.Struct):
-    """The file's layout: ``{"watermarks": {pipeline: int}, "dead_letters": [...]}``."""
+    """The file's layout: ``{"watermarks": {pipeline: int}, "dead_letters": [...],
+    "stalls": [...]}`` (a file an earlier version wrote has no stalls)."""
 
     watermarks: dict[str, int] = msgspec.field(default_factory=dict)
     dead_letters: list[DeadLetter] = msgspec.field(default_factory=list)
+    stalls: list[Stall] = msgspec.field(default_factory=list)
 
 
 _decoder = msgspec.json.Decoder(_ProgressFile)
 
 _DeadLetters = dict[tuple[str, int], DeadLetter]
+_Stalls = dict[tuple[str, int], Stall]
 
 
 class FileProgressStore(ProgressStore):
-    """Watermarks and dead letters in a JSON file, for runs without a database.
+    """Watermarks, dead letters and stalls in a JSON file, for runs without a database.
 
     The file is read once (on ``open`` or the first call) and then kept in memory; every change
     replaces it atomically (temp file, fsync, rename, fsync of the directory), so a crash leaves
@@ -45,6 +49,7 @@ class FileProgressStore(ProgressStore):
         self.path = Path(path)
         self._watermarks: dict[str, int] | None = None
         self._dead_letters: _DeadLetters = {}
+        self._stalls: _Stalls = {}
 
     async def open(self) -> None:
         """Read the file (once), so that a corrupt file is reported at start-up."""
@@ -55,6 +60,7 @@ class FileProgressStore(ProgressStore):
         """Forget the in-memory copy; the next use reads the file again."""
         self._watermarks = None
         self._dead_letters = {}
+        self._stalls = {}
         await super().close()
 
     @asynccontextmanager
@@ -106,20 +112,23 @@ class FileProgressStore(ProgressStore):
         current = watermarks.get(pipeline)
         if current is not None and watermark <= current:
             return current
-        self._write({**watermarks, pipeline: watermark}, self._dead_letters)
+        self._write({**watermarks, pipeline: watermark})
         return watermark
 
     async def reset(self, pipeline: str, watermark: int) -> None:
-        """Set the watermark to any value, lower included, and rewrite the file."""
+        """Set the watermark to any value, lower included, forget the pipeline's stalls, and
+        rewrite the file."""
         watermarks = self._loaded()
-        if watermarks.get(pipeline) != watermark:
-            self._write({**watermarks, pipeline: watermark}, self._dead_letters)
+        stalls = {k: v for k, v in self._stalls.items() if k[0] != pipeline}
+        if watermarks.get(pipeline) != watermark or stalls != self._stalls:
+            self._write({**watermarks, pipeline: watermark}, stalls=stalls)
 
     async def drop(self, pipeline: str) -> None:
-        """Forget the pipeline's watermark and dead letters, and rewrite the file."""
+        """Forget the pipeline's watermark, dead letters and stalls, and rewrite the file."""
         watermarks = {k: v for k, v in self._loaded().items() if k != pipeline}
         letters = {k: v for k, v in self._dead_letters.items() if k[0] != pipeline}
-        self._write(watermarks, letters)
+        stalls = {k: v for k, v in self._stalls.items() if k[0] != pipeline}
+        self._write(watermarks, letters, stalls)
 
     async def watermarks(self) -> dict[str, int]:
         """A copy of every pipeline's watermark."""
@@ -130,6 +139,24 @@ class FileProgressStore(ProgressStore):
         watermarks = self._loaded()
         letter = DeadLetter(pipeline, sequence_number, error)
         self._write(watermarks, {**self._dead_letters, (pipeline, sequence_number): letter})
+
+    async def report_stall(self, stall: Stall) -> None:
+        """Record a stall (replacing an earlier record of its checkpoint); rewrite the file."""
+        watermarks = self._loaded()
+        self._write(watermarks, stalls={**self._stalls, (stall.pipeline, stall.checkpoint): stall})
+
+    async def clear_stall(self, pipeline: str, checkpoint: int) -> None:
+        """Forget the stall of ``pipeline`` at ``checkpoint``; rewrite the file if there was
+        one."""
+        watermarks = self._loaded()
+        if (pipeline, checkpoint) in self._stalls:
+            stalls = {k: v for k, v in self._stalls.items() if k != (pipeline, checkpoint)}
+            self._write(watermarks, stalls=stalls)
+
+    async def stalls(self, pipeline: str | None = None) -> list[Stall]:
+        """Stalls of one pipeline or all, sorted by checkpoint then pipeline."""
+        self._loaded()
+        return [s for s in _sorted(self._stalls) if pipeline is None or s.pipeline == pipeline]
 
     async def dead_letters(self, pipeline: str | None = None) -> list[DeadLetter]:
         """Dead letters of one pipeline or all, sorted by sequence number then pipeline."""
@@ -143,6 +170,7 @@ class FileProgressStore(ProgressStore):
         if self._watermarks is None:
             content = self._read()
             self._dead_letters = {(d.pipeline, d.sequence_number): d for d in content.dead_letters}
+            self._stalls = {(s.pipeline, s.checkpoint): s for s in content.stalls}
             self._watermarks = dict(content.watermarks)
         return self._watermarks
 
@@ -163,9 +191,19 @@ class FileProgressStore(ProgressStore):
             reason = " ".join(str(exc).split())
             raise ProgressStoreError(f"{self.path}: not a valid progress file: {reason}") from exc
 
-    def _write(self, watermarks: dict[str, int], dead_letters: _DeadLetters) -> None:
-        """Replace the file with the new state, then adopt it in memory (only if that worked)."""
-        content = _ProgressFile(watermarks=watermarks, dead_letters=_sorted(dead_letters))
+    def _write(
+        self,
+        watermarks: dict[str, int],
+        dead_letters: _DeadLetters | None = None,
+        stalls: _Stalls | None = None,
+    ) -> None:
+        """Replace the file with the new state (the dead letters and stalls in memory unless
+        given), then adopt it in memory (only if that worked)."""
+        dead_letters = self._dead_letters if dead_letters is None else dead_letters
+        stalls = self._stalls if stalls is None else stalls
+        content = _ProgressFile(
+            watermarks=watermarks, dead_letters=_sorted(dead_letters), stalls=_sorted(stalls)
+        )
         data = msgspec.json.format(msgspec.json.encode(content), indent=2) + b"\n"
         try:
             write_atomically(self.path, data)
@@ -175,7 +213,12 @@ class FileProgressStore(ProgressStore):
             ) from exc
         self._watermarks = watermarks
         self._dead_letters = dead_letters
+        self._stalls = stalls
 
 
-def _sorted(dead_letters: _DeadLetters) -> list[DeadLetter]:
-    return sorted(dead_letters.values(), key=lambda d: (d.sequence_number, d.pipeline))
+_Record = TypeVar("_Record", DeadLetter, Stall)
+
+
+def _sorted(records: dict[tuple[str, int], _Record]) -> list[_Record]:
+    """Records keyed by ``(pipeline, checkpoint)``, by checkpoint then pipeline."""
+    return [records[key] for key in sorted(records, key=lambda key: (key[1], key[0]))]

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from ._base import DeadLetter, ProgressStore
+from typing import Any
+
+from ._base import DeadLetter, ProgressStore, Stall
 
 
 class MemoryProgressStore(ProgressStore):
-    """Watermarks and dead letters in plain dicts; everything is lost when the process ends.
+    """Watermarks, dead letters and stalls in plain dicts; everything is lost when the process
+    ends.
 
-    A dead letter is keyed by ``(pipeline, sequence_number)`` like the SQLite table: recording
-    the same checkpoint again replaces its error.
+    A dead letter (and a stall) is keyed by ``(pipeline, sequence_number)`` like the SQLite
+    table: recording the same checkpoint again replaces it.
     """
 
     def __init__(self, initial: dict[str, int] | None = None) -> None:
         self._watermarks: dict[str, int] = dict(initial or {})
         self._dead_letters: dict[tuple[str, int], DeadLetter] = {}
+        self._stalls: dict[tuple[str, int], Stall] = {}
 
     async def load(self, pipeline: str) -> int | None:
         """The pipeline's watermark, or None when it has never saved one."""
@@ -29,14 +33,20 @@ class MemoryProgressStore(ProgressStore):
         return current
 
     async def reset(self, pipeline: str, watermark: int) -> None:
-        """Set the watermark to any value, lower included."""
+        """Set the watermark to any value, lower included, and forget the pipeline's stalls."""
         self._watermarks[pipeline] = watermark
+        self._forget(self._stalls, pipeline)
 
     async def drop(self, pipeline: str) -> None:
-        """Forget the pipeline's watermark and dead letters."""
+        """Forget the pipeline's watermark, dead letters and stalls."""
         self._watermarks.pop(pipeline, None)
-        for key in [key for key in self._dead_letters if key[0] == pipeline]:
-            del self._dead_letters[key]
+        self._forget(self._dead_letters, pipeline)
+        self._forget(self._stalls, pipeline)
+
+    @staticmethod
+    def _forget(records: dict[tuple[str, int], Any], pipeline: str) -> None:
+        for key in [key for key in records if key[0] == pipeline]:
+            del records[key]
 
     async def watermarks(self) -> dict[str, int]:
         """A copy of every pipeline's watermark."""
@@ -53,4 +63,19 @@ class MemoryProgressStore(ProgressStore):
         return sorted(
             (d for d in self._dead_letters.values() if pipeline is None or d.pipeline == pipeline),
             key=lambda d: (d.sequence_number, d.pipeline),
+        )
+
+    async def report_stall(self, stall: Stall) -> None:
+        """Record a stall (replacing an earlier record of the same checkpoint)."""
+        self._stalls[(stall.pipeline, stall.checkpoint)] = stall
+
+    async def clear_stall(self, pipeline: str, checkpoint: int) -> None:
+        """Forget the stall of ``pipeline`` at ``checkpoint``."""
+        self._stalls.pop((pipeline, checkpoint), None)
+
+    async def stalls(self, pipeline: str | None = None) -> list[Stall]:
+        """Stalls of one pipeline or all, sorted by checkpoint then pipeline."""
+        return sorted(
+            (s for s in self._stalls.values() if pipeline is None or s.pipeline == pipeline),
+            key=lambda s: (s.checkpoint, s.pipeline),
         )

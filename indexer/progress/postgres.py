@@ -7,11 +7,12 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+import msgspec
 
 from .._dsn import mask_dsn
 from .._postgres import SharedPool, create_missing, quote_ident
 from ..errors import AlreadyCommitted
-from ._base import DeadLetter
+from ._base import DeadLetter, Stall
 from .leased import DatabaseStore
 
 if TYPE_CHECKING:
@@ -19,9 +20,13 @@ if TYPE_CHECKING:
 
 __all__ = ["PostgresProgressStore"]
 
+_STALL_COLUMNS = (
+    "pipeline, checkpoint, attempts, error, location, failing_since, committed_at, reported_at"
+)
+
 
 class PostgresProgressStore(DatabaseStore):
-    """Watermarks and dead letters in PostgreSQL, through an asyncpg pool.
+    """Watermarks, dead letters and stalls in PostgreSQL, through an asyncpg pool.
 
     Tables are created in ``schema`` when missing. A failure is one ProgressStoreError naming
     the masked DSN; nothing is retried here (the pipeline's committer retries its commits and
@@ -43,6 +48,7 @@ class PostgresProgressStore(DatabaseStore):
         s = quote_ident(schema, "progress store schema")
         self._watermarks = w = f"{s}.indexer_watermarks"
         self._dead_letters = f"{s}.indexer_dead_letters"
+        self._stalls = f"{s}.indexer_stalls"
         self._db = SharedPool(
             dsn,
             what="progress database",
@@ -72,6 +78,7 @@ class PostgresProgressStore(DatabaseStore):
             ON CONFLICT (pipeline) DO UPDATE
             SET next_checkpoint = excluded.next_checkpoint, updated_at = now()"""
         self._load = f"SELECT next_checkpoint FROM {w} WHERE pipeline = $1"
+        self._forget_stalls = f"DELETE FROM {self._stalls} WHERE pipeline = $1"
 
     def __repr__(self) -> str:
         return f"PostgresProgressStore({mask_dsn(self.dsn)!r}, schema={self.schema!r})"
@@ -96,7 +103,22 @@ class PostgresProgressStore(DatabaseStore):
             error TEXT,
             recorded_at TIMESTAMPTZ DEFAULT now(),
             PRIMARY KEY (pipeline, sequence_number)"""
-        tables = {self._watermarks: watermarks, self._dead_letters: dead_letters}
+        # Stalls came after the first release: create_missing adds the table to a database an
+        # earlier version made. Times are the writing process's clock (epoch seconds).
+        stalls = """pipeline TEXT,
+            checkpoint BIGINT,
+            attempts BIGINT NOT NULL,
+            error TEXT NOT NULL,
+            location TEXT NOT NULL,
+            failing_since DOUBLE PRECISION NOT NULL,
+            committed_at DOUBLE PRECISION NOT NULL,
+            reported_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (pipeline, checkpoint)"""
+        tables = {
+            self._watermarks: watermarks,
+            self._dead_letters: dead_letters,
+            self._stalls: stalls,
+        }
         await create_missing(conn, self.schema, tables)
 
     async def close(self) -> None:
@@ -121,15 +143,21 @@ class PostgresProgressStore(DatabaseStore):
         return int(await self._db.run("save", save))
 
     async def reset(self, pipeline: str, watermark: int) -> None:
-        """Set the watermark to any value, lower included."""
-        await self._db.run("reset", lambda c: c.execute(self._reset, pipeline, watermark))
+        """Set the watermark to any value, lower included, and forget the pipeline's stalls."""
+
+        async def reset(conn: asyncpg.Connection) -> None:
+            async with conn.transaction():
+                await conn.execute(self._reset, pipeline, watermark)
+                await conn.execute(self._forget_stalls, pipeline)
+
+        await self._db.run("reset", reset)
 
     async def drop(self, pipeline: str) -> None:
-        """Delete the pipeline's watermark and dead letters."""
+        """Delete the pipeline's watermark, dead letters and stalls."""
 
         async def drop(conn: asyncpg.Connection) -> None:
             async with conn.transaction():
-                for table in (self._watermarks, self._dead_letters):
+                for table in (self._watermarks, self._dead_letters, self._stalls):
                     await conn.execute(f"DELETE FROM {table} WHERE pipeline = $1", pipeline)
 
         await self._db.run("drop a pipeline", drop)
@@ -141,6 +169,7 @@ class PostgresProgressStore(DatabaseStore):
         async with self._db.transaction() as conn:
             yield conn
             await conn.execute(self._reset, pipeline, watermark)
+            await conn.execute(self._forget_stalls, pipeline)
 
     async def watermarks(self) -> dict[str, int]:
         """Every pipeline's watermark."""
@@ -167,6 +196,32 @@ class PostgresProgressStore(DatabaseStore):
         )
         rows = await self._db.run("load dead letters", lambda c: c.fetch(sql, pipeline))
         return [DeadLetter(p, int(s), e or "", float(r or 0.0)) for p, s, e, r in rows]
+
+    async def report_stall(self, stall: Stall) -> None:
+        """Record a stall (replacing an earlier record of its checkpoint)."""
+        sql = f"""
+            INSERT INTO {self._stalls} AS t ({_STALL_COLUMNS})
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            ON CONFLICT (pipeline, checkpoint) DO UPDATE
+            SET attempts = excluded.attempts, error = excluded.error,
+                location = excluded.location, failing_since = excluded.failing_since,
+                committed_at = excluded.committed_at, reported_at = excluded.reported_at"""
+        values = msgspec.structs.astuple(stall)
+        await self._db.run("record a stall", lambda c: c.execute(sql, *values))
+
+    async def clear_stall(self, pipeline: str, checkpoint: int) -> None:
+        """Forget the stall of ``pipeline`` at ``checkpoint``."""
+        sql = f"DELETE FROM {self._stalls} WHERE pipeline = $1 AND checkpoint = $2"
+        await self._db.run("clear a stall", lambda c: c.execute(sql, pipeline, checkpoint))
+
+    async def stalls(self, pipeline: str | None = None) -> list[Stall]:
+        """Stalls of one pipeline or all, sorted by checkpoint then pipeline."""
+        sql = (
+            f"SELECT {_STALL_COLUMNS} FROM {self._stalls}"
+            " WHERE $1::text IS NULL OR pipeline = $1 ORDER BY checkpoint, pipeline"
+        )
+        rows = await self._db.run("load stalls", lambda c: c.fetch(sql, pipeline))
+        return [Stall(*row) for row in rows]
 
     def claim_store(self) -> PostgresClaimStore:
         """The claim store in this store's database and schema."""

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiosqlite
+import msgspec
 
 from .._sqlite import SharedConnection, rollback
 from ..errors import AlreadyCommitted
-from ._base import DeadLetter
+from ._base import DeadLetter, Stall
 from .leased import DatabaseStore
 
 if TYPE_CHECKING:
@@ -31,6 +32,18 @@ _SCHEMA = (
         error TEXT,
         recorded_at REAL,
         PRIMARY KEY (pipeline, sequence_number)
+    )""",
+    # Added after the first release: a file an earlier version made gets it when opened.
+    """CREATE TABLE IF NOT EXISTS indexer_stalls (
+        pipeline TEXT,
+        checkpoint INTEGER,
+        attempts INTEGER NOT NULL,
+        error TEXT NOT NULL,
+        location TEXT NOT NULL,
+        failing_since REAL NOT NULL,
+        committed_at REAL NOT NULL,
+        reported_at REAL NOT NULL,
+        PRIMARY KEY (pipeline, checkpoint)
     )""",
 )
 
@@ -53,6 +66,17 @@ _ADD_DEAD_LETTER = """
     ON CONFLICT (pipeline, sequence_number) DO UPDATE
     SET error = excluded.error, recorded_at = excluded.recorded_at
 """
+
+_REPORT_STALL = """
+    INSERT OR REPLACE INTO indexer_stalls (pipeline, checkpoint, attempts, error, location,
+        failing_since, committed_at, reported_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+_STALL_COLUMNS = (
+    "pipeline, checkpoint, attempts, error, location, failing_since, committed_at, reported_at"
+)
+_FORGET_STALLS = "DELETE FROM indexer_stalls WHERE pipeline = ?"
 
 _LOAD = "SELECT next_checkpoint FROM indexer_watermarks WHERE pipeline = ?"
 _ORDER = " ORDER BY sequence_number, pipeline"
@@ -99,13 +123,18 @@ class SqliteProgressStore(DatabaseStore):
         return int(rows[0][0])
 
     async def reset(self, pipeline: str, watermark: int) -> None:
-        """Set the watermark to any value, lower included."""
-        await self._db.run("reset", _RESET, (pipeline, watermark, time.time()))
+        """Set the watermark to any value, lower included, and forget the pipeline's stalls."""
+        async with self._db.immediate("reset") as conn:
+            statements = [
+                (_RESET, (pipeline, watermark, time.time())),
+                (_FORGET_STALLS, (pipeline,)),
+            ]
+            await self._db.checked_all(conn, "reset", statements)
 
     async def drop(self, pipeline: str) -> None:
-        """Delete the pipeline's watermark and dead letters."""
+        """Delete the pipeline's watermark, dead letters and stalls."""
         async with self._db.immediate("drop a pipeline") as conn:
-            for table in ("indexer_watermarks", "indexer_dead_letters"):
+            for table in ("indexer_watermarks", "indexer_dead_letters", "indexer_stalls"):
                 sql = f"DELETE FROM {table} WHERE pipeline = ?"
                 await self._db.checked(conn, "drop a pipeline", sql, (pipeline,))
 
@@ -115,7 +144,11 @@ class SqliteProgressStore(DatabaseStore):
         and commit on a clean exit, roll everything back if the block raises."""
         async with self._db.immediate("rewind") as conn:
             yield conn
-            await self._db.checked(conn, "rewind", _RESET, (pipeline, watermark, time.time()))
+            statements = [
+                (_RESET, (pipeline, watermark, time.time())),
+                (_FORGET_STALLS, (pipeline,)),
+            ]
+            await self._db.checked_all(conn, "rewind", statements)
 
     async def watermarks(self) -> dict[str, int]:
         """Every pipeline's watermark."""
@@ -138,6 +171,25 @@ class SqliteProgressStore(DatabaseStore):
             params = (pipeline,)
         rows = await self._db.run("load dead letters", sql + _ORDER, params)
         return [DeadLetter(p, s, e, r) for p, s, e, r in rows]
+
+    async def report_stall(self, stall: Stall) -> None:
+        """Record a stall (replacing an earlier record of its checkpoint)."""
+        await self._db.run("record a stall", _REPORT_STALL, msgspec.structs.astuple(stall))
+
+    async def clear_stall(self, pipeline: str, checkpoint: int) -> None:
+        """Forget the stall of ``pipeline`` at ``checkpoint``."""
+        sql = "DELETE FROM indexer_stalls WHERE pipeline = ? AND checkpoint = ?"
+        await self._db.run("clear a stall", sql, (pipeline, checkpoint))
+
+    async def stalls(self, pipeline: str | None = None) -> list[Stall]:
+        """Stalls of one pipeline or all, sorted by checkpoint then pipeline."""
+        sql = f"SELECT {_STALL_COLUMNS} FROM indexer_stalls"
+        params: tuple[Any, ...] = ()
+        if pipeline is not None:
+            sql += " WHERE pipeline = ?"
+            params = (pipeline,)
+        rows = await self._db.run("load stalls", sql + " ORDER BY checkpoint, pipeline", params)
+        return [Stall(*row) for row in rows]
 
     def claim_store(self) -> SqliteClaimStore:
         """The claim store in this store's file."""
