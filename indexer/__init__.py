@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .errors import (
         CheckpointDecodeError,
         ConfigurationError,
+        FeedEndedEarly,
         FeedReadError,
         IndexerError,
         PipelineHalted,
@@ -39,6 +40,7 @@ _HOMES = {
     "Transaction": ".checkpoint",
     "CheckpointDecodeError": ".errors",
     "ConfigurationError": ".errors",
+    "FeedEndedEarly": ".errors",
     "FeedReadError": ".errors",
     "IndexerError": ".errors",
     "PipelineHalted": ".errors",
@@ -58,6 +60,7 @@ __all__ = [
     "CheckpointDecodeError",
     "ConfigurationError",
     "Event",
+    "FeedEndedEarly",
     "FeedReadError",
     "IndexerError",
     "IndexerExecutor",

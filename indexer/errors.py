@@ -80,6 +80,27 @@ class PipelineHalted(IndexerError):
         self.sequence_number = sequence_number
 
 
+class FeedEndedEarly(IndexerError):
+    """A finite source (``follow = false``, a missing file) ended before the run's last
+    checkpoint: ``missing`` is the first checkpoint it did not deliver. Everything read before
+    it was committed; ``watermarks`` are the pipelines' saved watermarks as the run left them
+    (exit code 1: a run asked to reach ``last`` did not, and a script must not take it as
+    done). ``where`` names the part of the job that ended, instead of the watermarks, when
+    other processes may be moving them (a chunk)."""
+
+    def __init__(
+        self, missing: int, last: int, watermarks: dict[str, int], where: str | None = None
+    ) -> None:
+        marks = ", ".join(f"{name}={mark}" for name, mark in watermarks.items())
+        super().__init__(
+            f"the feed ended before last_checkpoint {last}: checkpoint {missing} is missing "
+            f"({where or f'watermarks: {marks}'})"
+        )
+        self.missing = missing
+        self.last = last
+        self.watermarks = watermarks
+
+
 class ShutdownAborted(IndexerError):
     """A second stop signal ended the run at once; saved progress is intact but may lag."""
 

@@ -12,7 +12,7 @@ from ._log import log
 from ._signals import TwoSignalStop
 from .checkpoint import CheckpointDecoder
 from .claims.lease import default_owner
-from .errors import ConfigurationError, ShutdownAborted
+from .errors import ConfigurationError, FeedEndedEarly, ShutdownAborted
 from .pipeline import PipelineRun, WorkerPool
 from .progress import MemoryProgressStore, ProgressStore
 from .sources import CheckpointSource, SourcedBatch
@@ -106,7 +106,10 @@ class IndexerExecutor:
         last_checkpoint: int | None = None,
     ) -> dict[str, int]:
         """Process checkpoints until ``last_checkpoint`` (inclusive), the end of a finite
-        source, or a stop; returns ``{pipeline: watermark}`` (next checkpoint not committed)."""
+        source, or a stop; returns ``{pipeline: watermark}`` (next checkpoint not committed).
+
+        A finite source that ends before ``last_checkpoint`` raises ``FeedEndedEarly``, naming
+        the first checkpoint it did not deliver, once everything read is committed."""
         pools = self._validate(first_checkpoint, last_checkpoint)
         decoder = CheckpointDecoder(pools[0].checkpoint_type)
         store = self.progress_store
@@ -252,6 +255,10 @@ class IndexerExecutor:
             if isinstance(halted[0].__cause__, ConfigurationError):  # exit code 2, not 1
                 raise ConfigurationError(str(halted[0])) from halted[0]
             raise halted[0]
+        if last is not None and not self._stop.is_set() and min(watermarks.values()) <= last:
+            # Not stopped and everything read drained: the source ended before ``last``, and
+            # the lowest watermark is the first checkpoint it did not deliver.
+            raise FeedEndedEarly(min(watermarks.values()), last, watermarks)
         return watermarks
 
     async def _read(

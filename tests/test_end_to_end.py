@@ -335,8 +335,7 @@ def test_non_numeric_file_names_are_skipped(feed: Path, db: Path) -> None:
     assert saved_watermark(db) == count
     assert committed_rows(db) == list(range(count))
     warned = sorted(
-        str(record["file"])
-        for record in program.log_events("ignoring file with a non-numeric name")
+        str(record["file"]) for record in program.log_events("ignoring file not named {n}.chk")
     )
     assert warned == sorted(odd)
     assert os.path.exists(feed / "notes.txt")  # skipped, not touched

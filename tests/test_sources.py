@@ -271,7 +271,7 @@ async def test_non_numeric_names_are_ignored_with_one_warning_each(tmp_path: Pat
         assert numbers(await collect(source)) == list(range(5))
         assert await source.latest_sequence_number() == 4
     await source.close()
-    warned = [e["file"] for e in logs if e["event"] == "ignoring file with a non-numeric name"]
+    warned = [e["file"] for e in logs if e["event"] == "ignoring file not named {n}.chk"]
     assert sorted(warned) == sorted(odd)
     assert all(e["log_level"] == "warning" for e in logs)
 

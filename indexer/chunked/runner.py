@@ -20,7 +20,7 @@ from .._log import log
 from .._signals import TwoSignalStop
 from ..claims import ChunkLayout, Claim, ClaimStore
 from ..claims.lease import check_no_whole_writer, default_owner, heartbeat_of, keep_alive
-from ..errors import ConfigurationError, FencingError, ShutdownAborted
+from ..errors import ConfigurationError, FeedEndedEarly, FencingError, ShutdownAborted
 from ..executor import IndexerExecutor, check_range, poll_feed
 from ..pipeline import WorkerPool
 from ..progress import ProgressStore
@@ -226,10 +226,16 @@ class ChunkedRunner:
         executor.register(pool)
         lost = asyncio.Event()
         heartbeat = asyncio.create_task(self._renew(claim, executor, lost), name="heartbeat")
+        watcher = asyncio.create_task(
+            self._say_when_waiting(pool.name, claim.chunk, floor, end), name="feed-wait"
+        )
         source = self._source()
         self._current = executor
+        ended: FeedEndedEarly | None = None
         try:
             marks = await executor.run(source, first_checkpoint=start, last_checkpoint=end)
+        except FeedEndedEarly as exc:  # what was read is committed; the chunk is not done
+            ended, marks = exc, exc.watermarks
         except Exception as exc:
             # A halt on a refused commit is the fence working: nothing of it was committed.
             if lost.is_set() or isinstance(exc.__cause__, FencingError):
@@ -240,7 +246,8 @@ class ChunkedRunner:
         finally:
             self._current = None
             heartbeat.cancel()
-            await asyncio.gather(heartbeat, return_exceptions=True)
+            watcher.cancel()
+            await asyncio.gather(heartbeat, watcher, return_exceptions=True)
         if lost.is_set():
             self.chunks_abandoned += 1
             return True
@@ -249,10 +256,22 @@ class ChunkedRunner:
                 await self.claims.release(claim, done=True)
                 self.chunks_done += 1
                 log.info("chunk done", pipeline=pool.name, chunk=claim.chunk)
-        else:  # stopped part-way or at ``last``: the progress stays with the chunk
+        else:  # stopped part-way, at ``last`` or at the feed's end: the progress stays
             with contextlib.suppress(FencingError):
                 await self.claims.release(claim)
-        await self._update_watermark(pool.name, layout, last)
+        watermark = await self._update_watermark(pool.name, layout, last)
+        if ended is None:
+            return True
+        # A finite feed ended inside the chunk. Short of ``last`` that is the job's failure
+        # (claiming the chunk again would only end there again); in an open-ended job it is
+        # the job's end, as for a run without chunks: this process claims no more.
+        if last is not None:
+            where = f"chunk {claim.chunk}, checkpoints {start}..{end}, of pipeline {pool.name!r}"
+            raise FeedEndedEarly(ended.missing, last, {pool.name: watermark}, where)
+        log.info(
+            "the feed ended: claiming no more chunks", pipeline=pool.name, missing=ended.missing
+        )
+        self._stop.set()
         return True
 
     async def _renew(self, claim: Claim, executor: IndexerExecutor, lost: asyncio.Event) -> None:
@@ -264,6 +283,34 @@ class ChunkedRunner:
             executor.request_stop()
 
         await keep_alive(self.claims, claim, self.lease_ttl, abandon)
+
+    async def _say_when_waiting(self, pipeline: str, chunk: int, floor: int, end: int) -> None:
+        """Log once when the chunk has committed all the feed holds of it and waits for
+        checkpoints the feed does not hold yet (a last checkpoint past its end, or its live
+        head): a job waiting for them would otherwise say nothing at all."""
+        view, feed = self.job.pipeline(pipeline), self.job.feed
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            # The view shows this chunk's run once it started (before, another run's mark).
+            needed = view.watermark if floor <= view.watermark <= end else floor
+            known = feed.latest  # the feed poller's, which may be a few seconds old
+            if known is None or needed <= known:
+                continue  # a feed that does not tell, or one that holds it: not waiting
+            latest = await self._source().latest_sequence_number()
+            if latest is None:
+                continue
+            feed.latest = max(latest, known)
+            if needed <= latest:
+                continue
+            log.info(
+                "waiting for checkpoints not in the feed yet",
+                pipeline=pipeline,
+                chunk=chunk,
+                waiting_for=needed,
+                feed_latest=latest,
+                chunk_last=end,
+            )
+            return
 
     # -- the job as a whole ---------------------------------------------------------------------
 

@@ -5,25 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from .._log import Logger
 from ..checkpoint import CheckpointDecoder
 from ..errors import ConfigurationError
 from ._base import CheckpointSource, SourcedBatch
+from ._feed_names import FEED_NAME, FEED_TEMP, why_ignored
 from ._feed_reader import FeedFileReader, FileRun
+from ._partial_file import PartialFileGrace
 
 logger = Logger("indexer.sources")
+T = TypeVar("T")
 
-#: Canonical feed names only: ``007.chk`` or ``+7.chk`` would never be found by number.
-_FEED_NAME = re.compile(r"(0|[1-9][0-9]*)\.chk")
-#: Temporary files of ``write_feed``: a write in progress, not a stray file worth a warning.
-_FEED_TEMP = re.compile(r"\.(0|[1-9][0-9]*)\.chk\.tmp")
 #: While a file is missing, list the directory (for gap and stray-name warnings) every this many
 #: polls: tailing the head of a live feed misses a few polls per checkpoint, and listing a
 #: directory of a million files on every one of them would cost far more than the reads.
@@ -44,7 +42,6 @@ class _Listing(NamedTuple):
     exists: bool
     has_missing: bool  # the file that was missing is there now
     next_present: int | None  # the smallest number above the missing one
-    odd_names: list[str]
 
 
 class LocalDirectorySource(CheckpointSource):
@@ -55,7 +52,10 @@ class LocalDirectorySource(CheckpointSource):
     a time, never waiting for the disk. A file that is not is read in one dedicated thread;
     when the next is not either, the thread asks the kernel to read the stretch ahead all
     together, and reads each batch while the consumer handles the one before (``FeedFileReader``).
-    Without ``follow`` the feed ends at the first missing file.
+    Without ``follow`` the feed ends at the first missing file. With it, the newest file that
+    does not decode is read again for ``partial_file_grace`` seconds: its producer may be
+    writing it in place (``PartialFileGrace``). Names that are not ``{n}.chk`` are ignored,
+    with one warning each when a listing of the directory finds them.
     """
 
     def __init__(
@@ -66,9 +66,14 @@ class LocalDirectorySource(CheckpointSource):
         follow: bool = True,
         batch_size: int = 256,
         delete_below_watermark: bool = False,
+        partial_file_grace: float = 5.0,
     ) -> None:
         if poll_interval <= 0:
             raise ConfigurationError(f"must be > 0, got {poll_interval}", key="poll_interval")
+        if not partial_file_grace >= 0:
+            raise ConfigurationError(
+                f"must be >= 0, got {partial_file_grace}", key="partial_file_grace"
+            )
         if batch_size < 1:
             raise ConfigurationError(f"must be >= 1, got {batch_size}", key="batch_size")
         self.path = Path(path)
@@ -76,10 +81,13 @@ class LocalDirectorySource(CheckpointSource):
         self.follow = follow
         self.batch_size = batch_size
         self.delete_below_watermark = delete_below_watermark
+        self.partial_file_grace = partial_file_grace
+        self._partial = PartialFileGrace(partial_file_grace)
         self._prefix = os.path.join(str(self.path), "")
         self._files = FeedFileReader(str(self.path))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="indexer-feed-reader")
         self._warned_names: set[str] = set()
+        self._odd_found: list[str] = []  # odd names a listing found, to warn about on the loop
         self._warned_gaps: set[int] = set()
         self._warned_missing_directory = False
         self._pruned_below = 0
@@ -110,8 +118,8 @@ class LocalDirectorySource(CheckpointSource):
                 high = middle
         return low
 
-    def _latest_number(self) -> tuple[int | None, list[str]]:
-        """The newest feed number and any odd names (only a full listing finds those).
+    def _latest_number(self) -> int | None:
+        """The newest feed number.
 
         Probing forward assumes the feed's numbers have no gap beyond what is known; a gap, or
         files removed from the top, are found by the full listing every ``_LATEST_LIST_EVERY``
@@ -120,10 +128,10 @@ class LocalDirectorySource(CheckpointSource):
         known = max(self._latest if self._latest is not None else -1, self._files.read_below - 1)
         if known >= 0 and self._latest_calls % _LATEST_LIST_EVERY and self._exists(known):
             self._latest = self._probe_latest(known)
-            return self._latest, []
-        numbers, odd = self._numbers()
+            return self._latest
+        numbers = self._numbers()
         self._latest = max(numbers) if numbers else None
-        return self._latest, odd
+        return self._latest
 
     def _names(self) -> list[str] | None:
         """The names in the feed directory, None when it does not exist."""
@@ -136,43 +144,46 @@ class LocalDirectorySource(CheckpointSource):
             raise ConfigurationError(f"feed path {self.path} is not a directory") from None
 
     def _is_odd(self, name: str) -> bool:
-        return name not in self._warned_names and _FEED_TEMP.fullmatch(name) is None
+        return name not in self._warned_names and FEED_TEMP.fullmatch(name) is None
 
     def _list(self, missing: int) -> _Listing:
-        """List the feed: is ``missing`` there now, what follows it, which names are odd."""
+        """List the feed: is ``missing`` there now, what follows it (odd names noted)."""
         next_present: int | None = None
         has_missing = False
-        odd: list[str] = []
         names = self._names()
         if names is None:
-            return _Listing(False, False, None, [])
+            return _Listing(False, False, None)
         for name in names:
-            match = _FEED_NAME.fullmatch(name)
+            match = FEED_NAME.fullmatch(name)
             if match is None:
                 if self._is_odd(name):
-                    odd.append(name)
+                    self._odd_found.append(name)
                 continue
             n = int(match[1])
             if n == missing:
                 has_missing = True
             elif n > missing and (next_present is None or n < next_present):
                 next_present = n
-        return _Listing(True, has_missing, next_present, odd)
+        return _Listing(True, has_missing, next_present)
 
-    def _numbers(self) -> tuple[list[int] | None, list[str]]:
-        """Every feed number in the directory (None when it does not exist) and the odd names."""
+    def _has_newer(self, n: int, full: bool) -> bool:
+        """Whether the feed holds a file numbered above ``n``: ``n + 1`` (one look), or with
+        ``full`` any (a listing)."""
+        return self._exists(n + 1) or (full and self._list(n).next_present is not None)
+
+    def _numbers(self) -> list[int] | None:
+        """Every feed number in the directory, None when it does not exist (odd names noted)."""
         names = self._names()
         if names is None:
-            return None, []
+            return None
         numbers: list[int] = []
-        odd: list[str] = []
         for name in names:
-            match = _FEED_NAME.fullmatch(name)
+            match = FEED_NAME.fullmatch(name)
             if match is not None:
                 numbers.append(int(match[1]))
             elif self._is_odd(name):
-                odd.append(name)
-        return numbers, odd
+                self._odd_found.append(name)
+        return numbers
 
     def _prune(self, below: int) -> None:
         if below <= self._pruned_below:
@@ -180,8 +191,7 @@ class LocalDirectorySource(CheckpointSource):
         if self._prune_listed and below - self._pruned_below <= _PRUNE_BY_NAME:
             doomed: Any = range(self._pruned_below, below)
         else:
-            numbers, _ = self._numbers()
-            doomed = [n for n in numbers or () if n < below]
+            doomed = [n for n in self._numbers() or () if n < below]
         for n in doomed:
             with suppress(FileNotFoundError):
                 os.unlink(f"{self._prefix}{n}.chk")
@@ -190,16 +200,29 @@ class LocalDirectorySource(CheckpointSource):
 
     # -- event loop ---------------------------------------------------------------------------
 
-    def _warn_odd(self, names: list[str]) -> None:
-        for name in names:
+    async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)`` in the reader thread, then a warning for each odd name a listing
+        there found: every listing of the feed warns, once per name."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, function, *args)
+        finally:
+            self._warn_odd()
+
+    def _warn_odd(self) -> None:
+        found, self._odd_found = self._odd_found, []
+        for name in found:
             if name not in self._warned_names:
                 self._warned_names.add(name)
                 logger.warning(
-                    "ignoring file with a non-numeric name", file=name, directory=str(self.path)
+                    "ignoring file not named {n}.chk",
+                    file=name,
+                    reason=why_ignored(name),
+                    directory=str(self.path),
                 )
 
     def _check_listing(self, listing: _Listing, missing: int) -> None:
-        """Warn about odd names, a gap at ``missing``, a missing directory (an error if finite)."""
+        """Warn about a gap at ``missing``, a missing directory (an error if finite)."""
         if not listing.exists:
             if not self.follow:
                 raise ConfigurationError(f"feed directory {self.path} does not exist")
@@ -207,7 +230,6 @@ class LocalDirectorySource(CheckpointSource):
                 self._warned_missing_directory = True
                 logger.warning("waiting for the feed directory to appear", directory=str(self.path))
             return
-        self._warn_odd(listing.odd_names)
         if (
             listing.next_present is not None
             and not listing.has_missing
@@ -274,7 +296,7 @@ class LocalDirectorySource(CheckpointSource):
                     if not self.follow or (
                         misses % _LIST_EVERY == 0 and n not in self._warned_gaps
                     ):
-                        listing = await loop.run_in_executor(executor, self._list, n)
+                        listing = await self._in_thread(self._list, n)
                         self._check_listing(listing, n)
                         if not self.follow and listing.has_missing and misses == 1:
                             continue  # it arrived between the read and the listing: read it
@@ -285,8 +307,11 @@ class LocalDirectorySource(CheckpointSource):
                 misses = 0
                 if error is not None:
                     if batch:  # hand over the good checkpoints before the bad one
+                        n += len(batch)
                         yield batch
-                    raise error
+                    if not await self._read_again(n, error):
+                        raise error
+                    continue
                 n += count
                 yield batch
                 if stop is not None and n >= stop:
@@ -297,12 +322,32 @@ class LocalDirectorySource(CheckpointSource):
             if ahead is not None and not ahead.cancel() and not ahead.cancelled():
                 ahead.exception()
 
+    async def _read_again(self, n: int, error: Exception) -> bool:
+        """Whether file ``n``, which failed to decode, is read again (after a poll when it is
+        the feed's newest): a live feed's producer may be writing it (``PartialFileGrace``).
+        Without ``follow`` the feed is read as it is, and the error counts at once."""
+        if not self.follow or not self.partial_file_grace:
+            return False
+        new = self._partial.is_new(n)
+        newer = await self._in_thread(self._has_newer, n, new)
+        if not self._partial.read_again(n, newer):
+            return False
+        if not newer:
+            if new:
+                logger.warning(
+                    "feed file does not decode yet: reading it again",
+                    file=self._files.path(n),
+                    checkpoint=n,
+                    grace=self.partial_file_grace,
+                    error=str(error),
+                    hint="producers should write a temporary file and rename it into place",
+                )
+            await asyncio.sleep(self.poll_interval)
+        return True
+
     async def latest_sequence_number(self) -> int | None:
         """The largest ``{n}.chk`` in the directory, or None when it holds none (or is missing)."""
-        loop = asyncio.get_running_loop()
-        latest, odd = await loop.run_in_executor(self._executor, self._latest_number)
-        self._warn_odd(odd)
-        return latest
+        return await self._in_thread(self._latest_number)
 
     async def prune(self, below: int) -> None:
         """Delete the files numbered below ``below`` when ``delete_below_watermark`` is set.
@@ -311,7 +356,7 @@ class LocalDirectorySource(CheckpointSource):
         that appear below an earlier ``below`` afterwards are not looked for again.
         """
         if self.delete_below_watermark and below > self._pruned_below:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._prune, below)
+            await self._in_thread(self._prune, below)
 
     async def close(self) -> None:
         """Stop the reader thread (after the read it may be doing; idempotent)."""
