@@ -5,13 +5,29 @@ from __future__ import annotations
 import getpass
 import os
 import re
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 __all__ = ["POSTGRES_SCHEMES", "is_postgres", "mask_dsn", "same_database"]
 
+T = TypeVar("T")
+
 #: DSN prefixes that name a PostgreSQL database.
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 _LOOPBACK = {"localhost", "127.0.0.1", "::1", ""}
+#: What is shown instead of a password.
+MASK = "***"
+#: A string that may hold a password: nothing else is searched.
+_HINT = re.compile(r"@|password", re.IGNORECASE)
+#: ``user:password@`` of a URL, also mistyped (``postgresql:/u:pw@h``) or inside longer text:
+#: the scheme and user start a word (or follow ``/``), the password runs to the word's last
+#: ``@``.
+_USERINFO = re.compile(
+    r"""(?:(?<=[\s/'"(\[{=,])|^)((?:[A-Za-z][\w+.-]*:/+)?[^\s/@:'"]*:)(?!/)[^\s'"]*(?=@)"""
+)
+#: ``password=...`` of a libpq key/value string or a URL's query (``sslpassword``,
+#: ``PGPASSWORD`` too), its value bare or single-quoted.
+_KEYWORD = re.compile(r"""(\w*password\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s&'"]*)""", re.I)
 
 
 def is_postgres(value: str) -> bool:
@@ -19,16 +35,30 @@ def is_postgres(value: str) -> bool:
     return value.startswith(POSTGRES_SCHEMES)
 
 
-def mask_dsn(value: str) -> str:
-    """Hide the password of a ``scheme://user:password@host/db?password=...`` DSN."""
-    scheme, sep, rest = value.partition("://")
-    if sep:
-        at = rest.rfind("@")
-        if at >= 0 and ":" in rest[:at]:
-            user = rest[:at].split(":", 1)[0]
-            rest = f"{user}:***{rest[at:]}"
-        value = f"{scheme}{sep}{rest}"
-    return re.sub(r"([?&]password=)[^&]*", r"\1***", value)
+def mask_dsn(value: T) -> T:
+    """``value`` with every password in it hidden, the one way the command prints anything
+    that may hold a connection string: a URL's ``user:password@`` (``postgresql://u:***@h/db``),
+    libpq's ``password=...`` (key/value or query), wherever they stand in a string (an error
+    message, a ``repr``), and inside dicts, lists and tuples, where a key naming a password
+    hides its value too. Anything else is returned as it is."""
+    if isinstance(value, str):
+        if not _HINT.search(value):
+            return cast(T, value)
+        masked = _USERINFO.sub(rf"\1{MASK}", value)
+        return cast(T, _KEYWORD.sub(rf"\1{MASK}", masked))
+    if isinstance(value, dict):
+        return cast(T, {key: _mask_item(key, item) for key, item in value.items()})
+    if isinstance(value, list):
+        return cast(T, [mask_dsn(item) for item in value])
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):  # not a NamedTuple
+        return cast(T, tuple(mask_dsn(item) for item in value))
+    return value
+
+
+def _mask_item(key: Any, item: Any) -> Any:
+    if isinstance(key, str) and "password" in key.lower() and isinstance(item, str) and item:
+        return MASK
+    return mask_dsn(item)
 
 
 def same_database(a: str, b: str) -> bool:

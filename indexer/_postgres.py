@@ -58,7 +58,7 @@ def reason(exc: BaseException) -> str:
         if exc.errno and exc.errno > 0 and os.strerror(exc.errno) not in text:
             text = f"{os.strerror(exc.errno)}: {text}"  # "Connection refused: Connect call ..."
     elif isinstance(exc, ValueError) and not isinstance(exc, asyncpg.PostgresError):
-        text = f"invalid DSN: {exc}"
+        text = str(exc) if str(exc).startswith("invalid DSN") else f"invalid DSN: {exc}"
     else:
         text = str(exc)
     return " ".join(text.split()) or type(exc).__name__

@@ -55,7 +55,12 @@ class JsonlSink(Reducer[Any]):
     again on restart. A line a crash cut short is removed when the file is next opened.
     """
 
-    def __init__(self, path: str, max_file_bytes: int = 256 * 1024 * 1024, **limits: Any) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        max_file_bytes: int = 256 * 1024 * 1024,
+        **limits: Any,
+    ) -> None:
         super().__init__(**limits)
         if not isinstance(max_file_bytes, int) or max_file_bytes < 1:
             raise ConfigurationError(

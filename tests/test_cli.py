@@ -228,18 +228,34 @@ def test_help(command: list[str], mentions: str) -> None:
         assert result.stderr == ""
 
 
-def test_config_check_accepts_the_example() -> None:
-    result = cli("config", "check", "-c", EXAMPLE)
+def test_config_check_accepts_the_example(tmp_path: Path) -> None:
+    """The example beside the feed ``make demo`` writes: its paths lead beside the file."""
+    example = Path(shutil.copy(EXAMPLE, tmp_path))
+    (tmp_path / "demo" / "feed").mkdir(parents=True)
+    result = cli("config", "check", "-c", example)
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"{EXAMPLE}: OK (1 pipelines: transactions)\n"
+    assert result.stdout.splitlines() == [
+        "pipelines: transactions (imported and built)",
+        f"source.feed: {tmp_path / 'demo/feed'} (a readable directory)",
+        f"progress.store: sqlite:{tmp_path / 'demo/index.db'} (to be created)",
+        f"{example}: OK (1 pipelines: transactions)",
+    ]
     assert result.stderr == ""
 
 
-def test_config_check_relative_to_the_repository(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(REPO)
+def test_config_check_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copy(EXAMPLE, tmp_path)
+    (tmp_path / "demo" / "feed").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
     result = cli("config", "check", "-c", "config.example.toml")
     assert result.exit_code == 0, result.output
-    assert result.stdout == "config.example.toml: OK (1 pipelines: transactions)\n"
+    assert result.stdout.splitlines()[1:] == [
+        "source.feed: demo/feed (a readable directory)",
+        "progress.store: sqlite:demo/index.db (to be created)",
+        "config.example.toml: OK (1 pipelines: transactions)",
+    ]
 
 
 def test_config_show_masks_the_dsn_password() -> None:
@@ -364,13 +380,13 @@ def test_precedence_flags_over_environment_over_file_over_defaults(tmp_path: Pat
     assert shown(env={"INDEXER_FEED": "from-env"})["feed"] == "from-env"
     assert shown("--feed", "from-flag", env={"INDEXER_FEED": "from-env"})["feed"] == "from-flag"
     from_file = shown("-c", path)
-    assert from_file["feed"] == "from-file"
+    assert from_file["feed"] == str(tmp_path / "from-file")  # beside the file
     assert from_file["poll_interval"] == 0.5  # the file over the default
     assert shown("-c", path, env={"INDEXER_FEED": "from-env"})["feed"] == "from-env"
     both = shown("-c", path, "--feed", "from-flag", env={"INDEXER_FEED": "from-env"})
     assert both["feed"] == "from-flag"
     assert both["poll_interval"] == 0.5  # keys not overridden still come from the file
-    assert shown(env={"INDEXER_CONFIG": str(path)})["feed"] == "from-file"
+    assert shown(env={"INDEXER_CONFIG": str(path)})["feed"] == str(tmp_path / "from-file")
 
 
 # -- CliRunner: status, reset, generate, init ------------------------------------------------
@@ -397,6 +413,7 @@ def test_status_json(tmp_path: Path, feed: Path) -> None:
                 "feed_latest": FEED_COUNT - 1,
                 "lag": FEED_COUNT - 120,
                 "dead_letters": [5, 17],
+                "stuck": None,
             },
             {  # saved but no longer configured; past the feed's end
                 "pipeline": "retired",
@@ -404,6 +421,7 @@ def test_status_json(tmp_path: Path, feed: Path) -> None:
                 "feed_latest": FEED_COUNT - 1,
                 "lag": 0,
                 "dead_letters": [],
+                "stuck": None,
             },
         ],
     }
@@ -420,6 +438,7 @@ def test_status_json_of_a_pipeline_without_watermark(tmp_path: Path, feed: Path)
             "feed_latest": None,
             "lag": None,
             "dead_letters": [],
+            "stuck": None,
         }
     ]
 

@@ -101,7 +101,7 @@ def test_generated_config_loads(tmp_path: Path) -> None:
     config = load_config(project / "config.toml")
     assert config.source.kind == "synthetic"
     assert (config.source.seed, config.source.count) == (1, 1000)
-    assert config.progress.store == "sqlite:swaps.db"
+    assert config.progress.store == f"sqlite:{project / 'swaps.db'}"  # beside the config file
     pipeline = config.pipelines["swaps"]
     assert pipeline.worker == "swaps.worker:EventCounter"
     assert pipeline.concurrency == 4

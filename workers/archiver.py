@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from indexer import Checkpoint, Worker
@@ -21,7 +22,12 @@ class CheckpointArchiver(Worker[Checkpoint, ArchivedCheckpoint]):
 
     name = "archive"
 
-    def __init__(self, directory: str, checkpoints_per_bundle: int = 1000, level: int = 3) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        checkpoints_per_bundle: int = 1000,
+        level: int = 3,
+    ) -> None:
         self.directory = directory
         self.checkpoints_per_bundle = checkpoints_per_bundle
         self.level = level

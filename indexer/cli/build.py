@@ -2,12 +2,14 @@
 
 Each object is built straight from its config struct; an object's own check that fails is
 reported under the key that set the value (``config.toml: pipelines.swaps.concurrency must be
-at least 1, got 0``).
+at least 1, got 0``). Workers and reducers are imported with the config file's directory on
+the import path, and their relative path options resolved against it (``paths.py``).
 """
 
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import ConfigurationError
@@ -18,6 +20,7 @@ from ..reducer import Reducer
 from ..sources import CheckpointSource, LocalDirectorySource, SyntheticSource
 from ..worker import Worker
 from .config import Config, PipelineConfig, import_object
+from .paths import anchor_options
 from .stores import build_store, named, resolve_path
 
 __all__ = ["build_executor", "build_pool", "build_reducer", "build_source"]
@@ -39,12 +42,18 @@ def build_source(config: Config) -> CheckpointSource:
             follow=source.follow,
             batch_size=source.batch_size,
             delete_below_watermark=source.delete_below_watermark,
+            partial_file_grace=source.partial_file_grace,
         )
 
 
-def _instantiate(cls: Any, options: dict[str, Any], where: str, base: type[T]) -> T:
+def _instantiate(
+    cls: Any, options: dict[str, Any], where: str, base: type[T], directory: Path | None
+) -> T:
+    """``cls(**options)``, its relative path options resolved against the config file's
+    ``directory``; errors name ``where``."""
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise ConfigurationError(f"{where}: {cls!r} is not a {base.__name__} subclass")
+    options = anchor_options(cls, options, directory)
     try:
         inspect.signature(cls).bind(**options)
     except TypeError as exc:
@@ -63,8 +72,8 @@ def build_reducer(config: Config, name: str) -> Reducer[Any] | None:
     if spec is None:
         return None
     key = f"{config.origin}: pipelines.{name}.reducer"
-    reducer_cls = import_object(spec.cls, f"{key}.class")
-    reducer = _instantiate(reducer_cls, spec.options, key, Reducer)
+    reducer_cls = import_object(spec.cls, f"{key}.class", config.directory)
+    reducer = _instantiate(reducer_cls, spec.options, key, Reducer, config.directory)
     for limit, value in spec.limits().items():  # unset: the reducer's own
         setattr(reducer, limit, value)
     with named(config, f"pipelines.{name}.reducer"):
@@ -75,8 +84,8 @@ def build_reducer(config: Config, name: str) -> Reducer[Any] | None:
 def build_pool(config: Config, name: str, pipeline: PipelineConfig) -> WorkerPool[Any, Any]:
     """One pipeline's WorkerPool, with its worker and reducer imported and constructed."""
     key = f"{config.origin}: pipelines.{name}"
-    worker_cls = import_object(pipeline.worker, f"{key}.worker")
-    worker = _instantiate(worker_cls, pipeline.options, f"{key}.worker", Worker)
+    worker_cls = import_object(pipeline.worker, f"{key}.worker", config.directory)
+    worker = _instantiate(worker_cls, pipeline.options, f"{key}.worker", Worker, config.directory)
     reducer = build_reducer(config, name)
     with named(config, f"pipelines.{name}"):
         return WorkerPool(

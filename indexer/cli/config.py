@@ -3,6 +3,8 @@
 Precedence is flags > ``INDEXER_*`` environment variables > the config file > defaults; the CLI
 resolves flags and environment variables (click) and hands them to ``load_config`` as
 overrides keyed by dotted paths (``"source.feed"``). Every error names the file and the key.
+Relative paths the file gives resolve against its directory, those of overrides against the
+working directory (``paths.py``).
 
 A default here is the library's own, read from the signature of the class the key configures
 (``WorkerPool``, ``LocalDirectorySource``, ...), and a rule on a value is the class's own,
@@ -16,9 +18,11 @@ import importlib
 import inspect
 import os
 import re
+import sys
 import tomllib
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
@@ -31,6 +35,7 @@ from ..executor import check_range
 from ..pipeline import WorkerPool
 from ..retry import RetryPolicy
 from ..sources import LocalDirectorySource, SyntheticSource
+from .paths import anchor_file_paths
 from .stores import StoreSpec
 
 __all__ = [
@@ -66,6 +71,7 @@ class SourceConfig(_Section):
     follow: bool = _default(LocalDirectorySource, "follow")
     batch_size: int = _default(LocalDirectorySource, "batch_size")
     delete_below_watermark: bool = _default(LocalDirectorySource, "delete_below_watermark")
+    partial_file_grace: float = _default(LocalDirectorySource, "partial_file_grace")
     seed: int = _default(SyntheticSource, "seed")
     count: int | None = _default(SyntheticSource, "count")
 
@@ -163,13 +169,20 @@ class Config(_Section):
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     scale: ScaleConfig = msgspec.field(default_factory=ScaleConfig)
     pipelines: dict[str, PipelineConfig] = msgspec.field(default_factory=dict)
-    #: The file this came from (not a TOML key); relative paths in it are relative to the cwd.
+    #: The file this came from (not a TOML key); the relative paths it gave are resolved
+    #: against its directory already (``paths.py``).
     path: str | None = None
 
     @property
     def origin(self) -> str:
         """What errors about this config name: its file, or "configuration"."""
         return self.path or "configuration"
+
+    @property
+    def directory(self) -> Path | None:
+        """The config file's directory, where its classes are imported from and its workers'
+        and reducers' relative paths lead; None without a file."""
+        return None if self.path is None else Path(self.path).parent
 
 
 _MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
@@ -235,8 +248,10 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
 def load_config(
     path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None
 ) -> Config:
-    """Read ``path`` (TOML; None means defaults only), apply ``overrides`` (dotted keys whose
-    values are not None) and validate everything."""
+    """Read ``path`` (TOML; None means defaults only), resolve its relative paths against its
+    directory, apply ``overrides`` (dotted keys whose values are not None; a ``scale.claims``
+    names the progress store too, unless ``progress.store`` is among them) and validate
+    everything."""
     data: dict[str, Any] = {}
     origin = "configuration"
     if path is not None:
@@ -250,7 +265,16 @@ def load_config(
             raise ConfigurationError(f"{origin}: not valid TOML: {exc}") from None
         except OSError as exc:
             raise ConfigurationError(f"{origin}: cannot read: {exc.strerror}") from None
-    for dotted, value in (overrides or {}).items():
+        anchor_file_paths(
+            data,
+            Path(path).parent,
+            default_feed=SourceConfig().feed,
+            default_store=ProgressConfig().store,
+        )
+    overrides = dict(overrides or {})
+    if overrides.get("progress.store") is None:  # a --claims flag over the file's store
+        overrides["progress.store"] = overrides.get("scale.claims")
+    for dotted, value in overrides.items():
         if value is not None:
             _set_path(data, dotted, value)
     if "path" in data:
@@ -279,15 +303,16 @@ def _check(config: Config, origin: str) -> None:
     except ConfigurationError as exc:
         raise exc.at(origin, "run") from None
     try:
-        spec = config.progress.spec
+        StoreSpec.parse(config.progress.store)
     except ConfigurationError as exc:
         raise exc.at(origin, "progress") from None
+    _check_scale(config, origin)  # scale.claims, when set, is the store from here on
+    spec = config.progress.spec
     if config.progress.schema is not None and spec.kind != "postgresql":
         raise ConfigurationError(
             f"{origin}: progress.schema is for a postgresql:// store, not {str(spec)!r}"
         )
     parse_address(config.metrics.address, f"{origin}: metrics.address")
-    _check_scale(config, origin)
     unknown = [p for p in config.run.pipelines if p not in config.pipelines]
     if unknown:
         known = ", ".join(config.pipelines) or "none"
@@ -339,11 +364,15 @@ def parse_address(address: str, where: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def import_object(spec: str, where: str) -> Any:
-    """Import ``package.module:Name``; errors name ``where`` (file and key)."""
+def import_object(spec: str, where: str, directory: Path | None = None) -> Any:
+    """Import ``package.module:Name``; errors name ``where`` (file and key). ``directory`` (the
+    config file's) is put first on the import path, as ``PYTHONPATH=.`` would from it: the
+    modules beside a config file are found wherever the command runs."""
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise ConfigurationError(f"{where}: expected 'package.module:Class', got {spec!r}")
+    if directory is not None and (entry := os.path.abspath(directory)) not in sys.path:
+        sys.path.insert(0, entry)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -9,7 +9,9 @@ from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["LineWriter", "configure_logging"]
+from .._dsn import mask_dsn
+
+__all__ = ["LineWriter", "configure_logging", "mask_secrets"]
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 _LEVELS["error"] = logging.ERROR
@@ -44,11 +46,18 @@ class LineWriter:
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
 
+def mask_secrets(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """A structlog processor: every field of a line with its passwords masked (``mask_dsn``),
+    whichever code logged a connection string, in an error or otherwise."""
+    return mask_dsn(event_dict)
+
+
 def configure_logging(
     level: str = "info", format: str = "auto", stream: TextIO | None = None
 ) -> None:
     """Configure structlog for the CLI: ``format`` is ``auto`` (console on a terminal, JSON
-    otherwise), ``console`` or ``json``; lines below ``level`` cost one comparison."""
+    otherwise), ``console`` or ``json``; lines below ``level`` cost one comparison. A line's
+    ``exc_info`` traceback is one JSON field (``exception``), or drawn below it on a console."""
     stream = stream if stream is not None else sys.stderr
     if format == "auto":
         format = "console" if stream.isatty() else "json"
@@ -63,7 +72,16 @@ def configure_logging(
             structlog.processors.JSONRenderer(),
         ]
     else:
-        processors.append(structlog.dev.ConsoleRenderer(colors=stream.isatty()))
+        # Tracebacks without the frames' locals, which hold checkpoints and may hold secrets:
+        # drawn by rich on a terminal, plain text elsewhere.
+        tty = stream.isatty()
+        traceback: Any = (
+            structlog.dev.RichTracebackFormatter(show_locals=False)
+            if tty
+            else structlog.dev.plain_traceback
+        )
+        processors.append(structlog.dev.ConsoleRenderer(colors=tty, exception_formatter=traceback))
+    processors.insert(-1, mask_secrets)  # just before the renderer: the fields as printed
     writer = LineWriter(stream)
     structlog.configure(
         processors=processors,

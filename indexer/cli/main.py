@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from .. import __version__
-from .._loop import EVENT_LOOPS, run_on
+from .._dsn import mask_dsn
+from .._loop import run_on
 from ..errors import failure_exit
+from .options import option, overrides, run_options
 
 if TYPE_CHECKING:
     from .config import Config
@@ -30,7 +32,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"indexer: error: {message}", err=True)
+    click.echo(f"indexer: error: {mask_dsn(message)}", err=True)
     sys.exit(code)
 
 
@@ -84,19 +86,8 @@ def config_option(func: F) -> F:
     )(func)
 
 
-def feed_option(func: F) -> F:
-    return click.option(
-        "--feed", envvar="INDEXER_FEED", help="Feed directory (source.feed) [env INDEXER_FEED]."
-    )(func)
-
-
-def store_option(func: F) -> F:
-    return click.option(
-        "--store",
-        envvar="INDEXER_STORE",
-        help="Progress store: sqlite:PATH, file:PATH, memory or a postgresql:// DSN "
-        "(progress.store) [env INDEXER_STORE].",
-    )(func)
+feed_option = option("source.feed")
+store_option = option("progress.store")
 
 
 def configured(func: F) -> F:
@@ -140,121 +131,11 @@ def main() -> None:
 
 @main.command()
 @config_option
-@click.option(
-    "--pipeline",
-    "pipelines",
-    multiple=True,
-    envvar="INDEXER_PIPELINE",
-    help="Run only this pipeline (repeatable) [env INDEXER_PIPELINE, space-separated].",
-)
-@click.option(
-    "--first-checkpoint",
-    type=int,
-    envvar="INDEXER_FIRST_CHECKPOINT",
-    help="Where pipelines without a saved watermark start [env INDEXER_FIRST_CHECKPOINT].",
-)
-@click.option(
-    "--last-checkpoint",
-    type=int,
-    envvar="INDEXER_LAST_CHECKPOINT",
-    help="Stop after this checkpoint (inclusive) [env INDEXER_LAST_CHECKPOINT].",
-)
-@feed_option
-@store_option
-@click.option(
-    "--metrics-address",
-    envvar="INDEXER_METRICS_ADDRESS",
-    help="HOST:PORT for /metrics (default 127.0.0.1:9184) [env INDEXER_METRICS_ADDRESS].",
-)
-@click.option(
-    "--metrics/--no-metrics",
-    "metrics",
-    default=None,
-    envvar="INDEXER_METRICS",
-    help="Serve Prometheus metrics [env INDEXER_METRICS].",
-)
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    envvar="INDEXER_LOG_LEVEL",
-    help="[env INDEXER_LOG_LEVEL]",
-)
-@click.option(
-    "--log-format",
-    type=click.Choice(["auto", "console", "json"]),
-    envvar="INDEXER_LOG_FORMAT",
-    help="auto: console on a terminal, JSON lines otherwise [env INDEXER_LOG_FORMAT].",
-)
-@click.option(
-    "--progress/--no-progress",
-    "progress",
-    default=None,
-    envvar="INDEXER_PROGRESS",
-    help="Live progress bars on a terminal [env INDEXER_PROGRESS].",
-)
-@click.option(
-    "--processes",
-    type=click.IntRange(min=1),
-    envvar="INDEXER_PROCESSES",
-    help="Worker processes on this machine, sharing chunk claims (scale.processes) "
-    "[env INDEXER_PROCESSES].",
-)
-@click.option(
-    "--claims",
-    envvar="INDEXER_CLAIMS",
-    help="Join a chunked job whose claims (and progress) live in this sqlite:PATH or "
-    "postgresql:// database (scale.claims) [env INDEXER_CLAIMS].",
-)
-@click.option(
-    "--chunk-size",
-    type=click.IntRange(min=1),
-    envvar="INDEXER_CHUNK_SIZE",
-    help="Checkpoints per claimed chunk (scale.chunk_size) [env INDEXER_CHUNK_SIZE].",
-)
-@click.option(
-    "--event-loop",
-    type=click.Choice(EVENT_LOOPS),
-    envvar="INDEXER_EVENT_LOOP",
-    help="auto: uvloop when installed, else asyncio (run.event_loop) [env INDEXER_EVENT_LOOP].",
-)
+@run_options
 @handle_errors
-def run(
-    config_path: Path | None,
-    pipelines: tuple[str, ...],
-    first_checkpoint: int | None,
-    last_checkpoint: int | None,
-    feed: str | None,
-    store: str | None,
-    metrics_address: str | None,
-    metrics: bool | None,
-    log_level: str | None,
-    log_format: str | None,
-    progress: bool | None,
-    processes: int | None,
-    claims: str | None,
-    chunk_size: int | None,
-    event_loop: str | None,
-) -> None:
+def run(config_path: Path | None, **options: Any) -> None:
     """Run the configured pipelines over the feed until stopped (Ctrl+C stops gracefully)."""
-    config = _load(
-        config_path,
-        **{
-            "run.pipelines": list(pipelines) or None,
-            "run.first_checkpoint": first_checkpoint,
-            "run.last_checkpoint": last_checkpoint,
-            "source.feed": feed,
-            "progress.store": store,
-            "metrics.address": metrics_address,
-            "metrics.enabled": metrics,
-            "logging.level": log_level,
-            "logging.format": log_format,
-            "logging.progress": progress,
-            "scale.processes": processes,
-            "scale.claims": claims,
-            "scale.chunk_size": chunk_size,
-            "run.event_loop": event_loop,
-        },
-    )
+    config = _load(config_path, **overrides(options))
     from .logs import configure_logging
 
     configure_logging(config.logging.level, config.logging.format)
@@ -276,7 +157,7 @@ def status(config_path: Path | None, feed: str | None, store: str | None, as_jso
     config = _load(config_path, **{"source.feed": feed, "progress.store": store})
     from .status import render_status, status_report
 
-    report = run_on(config.run.event_loop, status_report(config))
+    report = mask_dsn(run_on(config.run.event_loop, status_report(config)))
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
@@ -389,29 +270,33 @@ def _without_none(value: Any) -> Any:
 
 
 @config_group.command("show")
-@configured
-def config_show(config_path: Path | None, feed: str | None, store: str | None) -> None:
-    """Print the effective config as TOML (passwords in DSNs masked)."""
-    config = _load(config_path, **{"source.feed": feed, "progress.store": store})
+@config_option
+@run_options
+@handle_errors
+def config_show(config_path: Path | None, **options: Any) -> None:
+    """Print the config `indexer run` would run with the same options and INDEXER_* variables,
+    as TOML (relative paths resolved, passwords masked)."""
+    config = _load(config_path, **overrides(options))
     import msgspec
 
     data = _without_none(msgspec.to_builtins(config))
     data.pop("path", None)
-    data["progress"]["store"] = str(config.progress.spec)
-    click.echo(msgspec.toml.encode(data).decode(), nl=False)
+    click.echo(msgspec.toml.encode(mask_dsn(data)).decode(), nl=False)
 
 
 @config_group.command("check")
-@configured
-def config_check(config_path: Path | None, feed: str | None, store: str | None) -> None:
-    """Validate the config, import every worker and reducer, and build the pipelines."""
-    config = _load(config_path, **{"source.feed": feed, "progress.store": store})
-    from .build import build_executor, build_source
+@config_option
+@run_options
+@handle_errors
+def config_check(config_path: Path | None, **options: Any) -> None:
+    """Check what `indexer run` would run with the same options and INDEXER_* variables:
+    validate the config, import every worker and reducer, build the pipelines, and reach the
+    feed and the databases. One line per check, then OK (exit 2 at the first that fails)."""
+    config = _load(config_path, **overrides(options))
+    from .checks import check_config
 
-    executor = build_executor(config, handle_signals=False)
-    build_source(config)  # checks the [source] settings too
-    names = ", ".join(pool.name for pool in executor.pools)
-    click.echo(f"{config.path or 'configuration'}: OK ({len(executor.pools)} pipelines: {names})")
+    for line in check_config(config):
+        echo_result(mask_dsn(line))
 
 
 # -- init -------------------------------------------------------------------------------------

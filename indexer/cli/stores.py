@@ -20,7 +20,8 @@ __all__ = ["StoreSpec", "build_claim_store", "build_store", "named", "resolve_pa
 
 
 def resolve_path(value: str) -> Path:
-    """A path from the config (``~`` expanded; relative ones are relative to the cwd)."""
+    """A path from the config (``~`` expanded; a relative one is relative to the working
+    directory: the config file's own were resolved against its directory when it was loaded)."""
     return Path(value).expanduser()
 
 
