@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from typing import Any
 
 import aiosqlite
 
 from indexer import ConfigurationError
-from indexer.sinks import SqliteDatabaseSink
+from indexer.sinks import SqliteDatabaseSink, insert_rows, on_thread
 from workers.counter import Counts, merge_counts
 
 
@@ -38,8 +39,8 @@ class CounterSink(SqliteDatabaseSink[Counts]):
             f"CREATE TABLE IF NOT EXISTS {table} (dimension TEXT NOT NULL, key TEXT NOT NULL, "
             "count INTEGER NOT NULL, PRIMARY KEY (dimension, key))"
         )
-        self._upsert = (
-            f"INSERT INTO {table} (dimension, key, count) VALUES (?, ?, ?) "
+        self._insert = f"INSERT INTO {table} (dimension, key, count)"
+        self._on_conflict = (
             f"ON CONFLICT (dimension, key) DO UPDATE SET count = {table}.count + excluded.count"
         )
 
@@ -52,8 +53,11 @@ class CounterSink(SqliteDatabaseSink[Counts]):
 
     async def write(self, connection: aiosqlite.Connection, batch: list[Counts]) -> None:
         # Every time: a rolled-back first transaction also rolls back the CREATE TABLE.
-        await connection.execute(self._ddl)
         totals = merge_counts(batch)  # any mappings of (dimension, key) -> count will do
         rows = [(d, k, n) for (d, k), n in totals.items() if n]
-        if rows:
-            await connection.executemany(self._upsert, rows)
+
+        def write(db: sqlite3.Connection) -> None:  # one hop to the connection's thread
+            db.execute(self._ddl)
+            insert_rows(db, self._insert, 3, rows, self._on_conflict)
+
+        await on_thread(connection, write)

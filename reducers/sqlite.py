@@ -10,7 +10,7 @@ from typing import Any, cast
 import aiosqlite
 
 from indexer import ConfigurationError
-from indexer.sinks import SqliteDatabaseSink, on_thread
+from indexer.sinks import SqliteDatabaseSink, insert_rows, on_thread
 
 Row = Sequence[Any] | Mapping[str, Any]
 
@@ -49,13 +49,12 @@ class SqliteSink(SqliteDatabaseSink[Sequence[Row]]):
         self.columns = dict(columns)
         self.key = tuple(key)
         self.checkpoint_column = checkpoint_column if checkpoint_column in columns else None
-        names = ", ".join(self.columns)
-        marks = ", ".join("?" for _ in self.columns)
-        self._insert = f"INSERT INTO {table} ({names}) VALUES ({marks})"
+        self._insert = f"INSERT INTO {table} ({', '.join(self.columns)})"
+        self._on_conflict = ""
         if self.key:
             updates = ", ".join(f"{c} = excluded.{c}" for c in self.columns if c not in key)
             action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
-            self._insert += f" ON CONFLICT ({', '.join(self.key)}) {action}"
+            self._on_conflict = f"ON CONFLICT ({', '.join(self.key)}) {action}"
 
     @property
     def label(self) -> str:
@@ -90,13 +89,15 @@ class SqliteSink(SqliteDatabaseSink[Sequence[Row]]):
     async def write(self, connection: aiosqlite.Connection, batch: list[Sequence[Row]]) -> None:
         # The DDL runs in every batch's transaction: remembering that the table exists would be
         # wrong after a rolled-back first batch, and IF NOT EXISTS costs one lookup per batch.
-        # All of it in one hop to aiosqlite's thread (each hop is a round trip between threads).
-        ddl, insert = self._ddl(), self._insert
+        # All of it in one hop to aiosqlite's thread (each hop is a round trip between threads),
+        # the rows in statements of thousands (insert_rows), which run without the GIL.
+        ddl, insert, on_conflict = self._ddl(), self._insert, self._on_conflict
+        width = len(self.columns)
 
         def write(db: sqlite3.Connection) -> None:
             for statement in ddl:
                 db.execute(statement)
-            db.executemany(insert, self._rows(batch))
+            insert_rows(db, insert, width, self._rows(batch), on_conflict)
 
         await on_thread(connection, write)
 

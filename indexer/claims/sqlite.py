@@ -72,6 +72,8 @@ _ENSURE = """
 _LAYOUT = "SELECT first_checkpoint, chunk_size FROM indexer_chunk_layouts WHERE pipeline = ?"
 _SET_PROGRESS = "UPDATE indexer_claims SET progress = ? WHERE pipeline = ? AND chunk = ?"
 _PROGRESS = "SELECT progress FROM indexer_claims WHERE pipeline = ? AND chunk = ?"
+_FENCE = """SELECT owner, token, expires_at, done, progress FROM indexer_claims
+            WHERE pipeline = ? AND chunk = ?"""
 # Done chunks counted while their number equals their rank: the gap-free prefix from 0.
 _PREFIX = """
     SELECT count(*) FROM (
@@ -253,25 +255,28 @@ class SqliteClaimStore(ClaimStore):
     ) -> AsyncIterator[aiosqlite.Connection]:
         """Yield the connection inside ``BEGIN IMMEDIATE`` after checking the lease is live;
         check it again, save ``next_checkpoint`` and commit on a clean exit, roll back if the
-        block raises (see ``ClaimStore.fenced``)."""
-        async with self._db.immediate("begin a fenced transaction") as conn:
-            expires_at = await self._check(conn, claim, live=True)
-            if recheck and next_checkpoint is not None:
-                await self._raise_if_covered(conn, claim, next_checkpoint)
-            yield conn
-            # The write lock is this transaction's: only the clock can end the lease.
-            _base.check_alive(claim, expires_at, self.clock())
-            if next_checkpoint is not None:
-                params = (next_checkpoint, claim.pipeline, claim.chunk)
-                await self._db.checked(conn, "save progress", _SET_PROGRESS, params)
-
-    async def _raise_if_covered(
-        self, conn: aiosqlite.Connection, claim: Claim, next_checkpoint: int
-    ) -> None:
-        rows = await self._db.checked(
-            conn, "check progress", _PROGRESS, (claim.pipeline, claim.chunk)
-        )
-        AlreadyCommitted.check(claim.pipeline, rows[0][0] if rows else None, next_checkpoint)
+        block raises (see ``ClaimStore.fenced``). The lock is held from the first hop to the
+        thread to the last: taking it and reading the lease are one hop, saving and committing
+        another."""
+        db = self._db
+        async with db.exclusive() as conn:
+            try:
+                where = (claim.pipeline, claim.chunk)
+                row = await db.begin(conn, "begin a fenced transaction", (_FENCE, where))
+                _base.check_holder(claim, row[:4] if row else None, self.clock(), live=True)
+                expires_at = float(row[2])
+                if recheck and next_checkpoint is not None:
+                    AlreadyCommitted.check(claim.pipeline, row[4], next_checkpoint)
+                yield conn
+                # The write lock is this transaction's: only the clock can end the lease.
+                _base.check_alive(claim, expires_at, self.clock())
+                final: list[tuple[str, tuple[Any, ...]]] = [("COMMIT", ())]
+                if next_checkpoint is not None:
+                    final.insert(0, (_SET_PROGRESS, (next_checkpoint, *where)))
+                await db.checked_all(conn, "save progress", final)
+            except BaseException:
+                await rollback(conn)
+                raise
 
     async def adopt_layout(self, pipeline: str, layout: ChunkLayout) -> ChunkLayout:
         """Record ``layout`` unless the pipeline has one; return the recorded one."""

@@ -223,11 +223,12 @@ class SqliteProgressStore(DatabaseStore):
         """
         async with self._db.exclusive() as conn:
             try:
-                await self._db.checked(conn, "begin a transaction", "BEGIN IMMEDIATE")
+                # Taking the lock and reading the stored position: one hop.
+                row = await self._db.begin(
+                    conn, "begin a transaction", (_LOAD, (pipeline,)) if recheck else None
+                )
                 if recheck:
-                    AlreadyCommitted.check(
-                        pipeline, await self.watermark_in(conn, pipeline), watermark
-                    )
+                    AlreadyCommitted.check(pipeline, None if row is None else row[0], watermark)
                 yield conn
                 raise_watermark = (_RAISE, (pipeline, watermark, time.time()))
                 await self._db.checked_all(conn, "commit", [raise_watermark, ("COMMIT", ())])

@@ -4,7 +4,8 @@ they share the progress store's database, at least once on a database of their o
 ``SqliteDatabaseSink`` and ``PostgresDatabaseSink`` (and the helpers below) load their drivers
 only when first named. ``quote_ident`` checks and quotes a PostgreSQL identifier,
 ``create_missing`` creates a PostgreSQL schema, tables and indexes that are missing, and
-``on_thread`` runs a function on an aiosqlite connection's thread in one hop.
+``on_thread`` runs a function on an aiosqlite connection's thread in one hop, and
+``insert_rows`` inserts many rows into SQLite in a few statements (not one per row).
 """
 
 from typing import TYPE_CHECKING
@@ -14,7 +15,7 @@ from ._base import DatabaseSink
 
 if TYPE_CHECKING:
     from .._postgres import create_missing, quote_ident
-    from .._sqlite import on_thread
+    from .._sqlite import insert_rows, on_thread
     from .postgres import PostgresDatabaseSink
     from .sqlite import SqliteDatabaseSink
 
@@ -23,6 +24,7 @@ __all__ = [
     "PostgresDatabaseSink",
     "SqliteDatabaseSink",
     "create_missing",
+    "insert_rows",
     "on_thread",
     "quote_ident",
 ]
@@ -34,6 +36,7 @@ _HOMES = {
     "create_missing": ".._postgres",
     "quote_ident": ".._postgres",
     "on_thread": ".._sqlite",
+    "insert_rows": ".._sqlite",
 }
 
 __getattr__ = lazy_attributes(__name__, _HOMES)

@@ -10,13 +10,16 @@ from typing import Any, ClassVar, TypeVar
 
 import aiosqlite
 
-from .._sqlite import connect, rollback
+from .._sqlite import begin_immediate, connect, on_thread, rollback
 from ..progress.sqlite import SqliteProgressStore
 from ._base import DatabaseSink
 
 MessageT = TypeVar("MessageT")
 
 __all__ = ["SqliteDatabaseSink"]
+
+#: Seconds a commit waits for another connection to release the file's write lock.
+BUSY_TIMEOUT = 30.0
 
 
 class SqliteDatabaseSink(DatabaseSink[MessageT]):
@@ -51,9 +54,9 @@ class SqliteDatabaseSink(DatabaseSink[MessageT]):
         assert self.path is not None
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = await connect(self.path)
+            self._conn = await connect(self.path, busy_timeout=BUSY_TIMEOUT)
         conn = self._conn
-        await conn.execute("BEGIN IMMEDIATE")
+        await on_thread(conn, lambda db: begin_immediate(db, BUSY_TIMEOUT))
         try:
             yield conn
         except BaseException:
