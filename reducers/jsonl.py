@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,10 +46,13 @@ class JsonlSink(Reducer[Any]):
     """Appends each message (a list of rows, or one row) as JSON lines to ``path``.
 
     Rows are encoded with msgspec: NamedTuples as objects keyed by their field names, Structs
-    as objects, anything else as msgspec encodes it. Every commit is flushed and fsync'd. When
-    the next line would take the file past ``max_file_bytes`` it is renamed ``path.N`` (N one
-    higher than any existing: the newest has the highest number) and a new file is started; a
-    line larger than the limit gets a file of its own. ``rotated_files(path)`` lists them.
+    as objects, anything else as msgspec encodes it. With ``fields`` (names, such as a worker's
+    ``columns``), tuple and list rows are objects keyed by them too (``TransactionExtractor``
+    emits plain tuples: ``fields = ["checkpoint", "digest", ...]``). Every commit is flushed
+    and fsync'd. When the next line would take the file past ``max_file_bytes`` it is renamed
+    ``path.N`` (N one higher than any existing: the newest has the highest number) and a new
+    file is started; a line larger than the limit gets a file of its own.
+    ``rotated_files(path)`` lists them.
 
     Delivery is at-least-once: a crash between a commit and the watermark save writes that batch
     again on restart. A line a crash cut short is removed when the file is next opened.
@@ -59,24 +62,39 @@ class JsonlSink(Reducer[Any]):
         self,
         path: str | os.PathLike[str],
         max_file_bytes: int = 256 * 1024 * 1024,
+        fields: Sequence[str] | None = None,
         **limits: Any,
     ) -> None:
         super().__init__(**limits)
+        if fields is not None and (
+            isinstance(fields, str) or not all(isinstance(f, str) for f in fields)
+        ):
+            raise ConfigurationError(f"JsonlSink fields must be a list of names, got {fields!r}")
         if not isinstance(max_file_bytes, int) or max_file_bytes < 1:
             raise ConfigurationError(
                 f"JsonlSink max_file_bytes must be a positive integer, got {max_file_bytes!r}"
             )
         self.path = Path(path)
         self.max_file_bytes = max_file_bytes
+        self.fields = None if fields is None else tuple(fields)
         self._encoder = msgspec.json.Encoder()
         self._file: IO[bytes] | None = None
         self._size = 0
 
     def _lines(self, batch: list[Any]) -> Iterator[bytes]:
-        encode = self._encoder.encode
+        encode, fields = self._encoder.encode, self.fields
         for message in batch:
             for row in message if isinstance(message, list) else (message,):
-                yield encode(row._asdict() if _is_namedtuple(row) else row) + b"\n"
+                if _is_namedtuple(row):
+                    row = row._asdict()
+                elif fields is not None and isinstance(row, tuple | list):
+                    if len(row) != len(fields):
+                        raise ValueError(
+                            f"JsonlSink: a row of {len(row)} values for {len(fields)} fields: "
+                            f"{row!r}"
+                        )
+                    row = dict(zip(fields, row, strict=True))
+                yield encode(row) + b"\n"
 
     async def commit(self, batch: list[Any]) -> None:
         lines = list(self._lines(batch))  # encode first: a bad row writes nothing

@@ -179,7 +179,8 @@ async def test_sqlite_sink_with_its_own_file_and_upsert_key(
     rows = [list(m) for m in (await run_worker(TransactionExtractor(), checkpoints[:50])).messages]
     await sink.commit(rows[:30])
     await sink.commit(rows[20:])  # a replay of 20..29 (at-least-once) is absorbed by the key
-    as_mappings = [[r._asdict() for r in message] for message in rows[40:]]
+    names = list(TransactionExtractor.columns)
+    as_mappings = [[dict(zip(names, r, strict=True)) for r in message] for message in rows[40:]]
     await sink.commit(as_mappings)  # rows may also be mappings by column name
     await sink.close()
     assert transaction_rows(db) == expected_rows(checkpoints, 50)
@@ -342,7 +343,7 @@ def read_lines(path: Path) -> list[Any]:
 
 async def test_jsonl_round_trips_rows(checkpoints: list[Checkpoint], tmp_path: Path) -> None:
     path = tmp_path / "out" / "transactions.jsonl"
-    sink = JsonlSink(str(path))
+    sink = JsonlSink(str(path), fields=list(TransactionExtractor.columns))
     result = await run_worker(TransactionExtractor(), checkpoints[:100], reducer=sink)
     await sink.close()
     assert result.watermark == 100
@@ -363,10 +364,30 @@ async def test_jsonl_round_trips_rows(checkpoints: list[Checkpoint], tmp_path: P
     other = tmp_path / "mixed.jsonl"
     sink = JsonlSink(str(other))
     await sink.commit([[Point(1, "a"), Point(2, "b")], Item("i", ["t"]), {"k": [1, None]}, []])
+    await sink.commit([[(3, "c")]])  # without fields, a tuple is an array
     await sink.close()
     assert other.read_bytes() == (
         b'{"x":1,"label":"a"}\n{"x":2,"label":"b"}\n{"name":"i","tags":["t"]}\n{"k":[1,null]}\n'
+        b'[3,"c"]\n'
     )
+
+
+async def test_jsonl_fields_name_tuple_rows_and_refuse_a_row_of_another_width(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "rows.jsonl"
+    sink = JsonlSink(str(path), fields=["x", "label"])
+    await sink.commit([[(1, "a"), [2, "b"]], Point(3, "c")])
+    with pytest.raises(ValueError, match=r"a row of 3 values for 2 fields: \(4, 'd', 5\)"):
+        await sink.commit([[(4, "d", 5)]])  # nothing of this batch is written
+    await sink.close()
+    assert read_lines(path) == [
+        {"x": 1, "label": "a"},
+        {"x": 2, "label": "b"},
+        {"x": 3, "label": "c"},
+    ]
+    with pytest.raises(ConfigurationError, match="fields must be a list of names"):
+        JsonlSink(str(path), fields="x")
 
 
 async def test_jsonl_commit_is_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -400,7 +400,7 @@ def test_jsonl_sink_is_at_least_once(tmp_path: Path, feed: Path, expected: Expec
         # Small files: the kills also hit rotations.
         reducer={
             "class": "reducers.jsonl:JsonlSink",
-            "options": {"path": str(path), "max_file_bytes": 32 * 1024},
+            "options": {"path": str(path), "max_file_bytes": 32 * 1024, "fields": list(COLUMNS)},
         },
         delivery="at-least-once",
         rows=lambda: jsonl_rows(path, strict=False),

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from indexer import Checkpoint, Worker
 
-
-class TransactionRow(NamedTuple):
-    """What TransactionExtractor emits for each transaction."""
-
-    checkpoint: int
-    digest: str
-    sender: str
-    event_count: int
-    timestamp_ms: int
+#: What TransactionExtractor emits for each transaction: a plain tuple in the order of
+#: ``TransactionExtractor.columns`` (checkpoint, digest, sender, event_count, timestamp_ms).
+#: Not a NamedTuple: making 800,000 of them took 0.41 s against 0.12 s for tuples, a tenth of
+#: a whole indexing run (ARCHITECTURE.md, Performance notes).
+TransactionRow = tuple[int, str, str, int, int]
 
 
 class TransactionExtractor(Worker[Checkpoint, list[TransactionRow]]):
@@ -33,7 +27,4 @@ class TransactionExtractor(Worker[Checkpoint, list[TransactionRow]]):
 
     async def process_checkpoint(self, checkpoint: Checkpoint) -> list[TransactionRow]:
         n, ts = checkpoint.sequence_number, checkpoint.timestamp_ms
-        return [
-            TransactionRow(n, tx.digest, tx.sender, len(tx.events), ts)
-            for tx in checkpoint.transactions
-        ]
+        return [(n, tx.digest, tx.sender, len(tx.events), ts) for tx in checkpoint.transactions]
