@@ -6,15 +6,18 @@ produced a positive figure beside a positive reference, in the JSON and in the t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from indexer.cli.bench import SCENARIOS
+from indexer.cli.bench._pipeline_jobs import BARE, SCHEMA_PREFIX
 
 INDEXER = str(Path(sys.executable).with_name("indexer"))
 
@@ -30,6 +33,39 @@ def run_bench(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
     )
 
 
+async def _bench_schemas(dsn: str) -> set[str]:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT schema_name FROM information_schema.schemata"
+            " WHERE left(schema_name, length($1)) = $1",
+            SCHEMA_PREFIX,
+        )
+    finally:
+        await conn.close()
+    return {row[0] for row in rows}
+
+
+def check_pipeline_results(results: dict[str, dict[str, Any]], database: str) -> None:
+    """Both sides wrote every row; peak RSS and wall seconds measured for each."""
+    one, rss, two = (results[f"pipeline-{database}{s}"] for s in ("", "-rss", "-2p"))
+    assert one["unit"] == two["unit"] == "checkpoints/s"
+    assert one["details"]["rows"] > one["details"]["checkpoints"] > 0
+    assert all(v > 0 for v in one["details"]["seconds"].values())
+    assert set(one["details"]["peak_rss_mb"]) == {"indexer", "bare"}
+    assert rss["unit"] == "MB peak RSS" and rss["higher_is_better"] is False
+    assert rss["figure"] == pytest.approx(one["details"]["peak_rss_mb"]["indexer"], abs=0.1)
+    assert two["details"]["rows"] == one["details"]["rows"]
+    assert set(two["details"]["seconds"]) == {"one", "two", "bare_one", "bare_two"}
+    assert two["details"]["bare_two_process_speedup"] > 0
+    assert two["details"]["chunk_size"] * 16 <= two["details"]["checkpoints"]
+    for result in (one, rss, two):
+        assert result["figure"] > 0 and result["reference"] > 0, result
+        assert result["ratio"] == pytest.approx(result["figure"] / result["reference"], rel=0.01)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(115)
 def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
@@ -37,6 +73,7 @@ def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
     args = ["--json", "--plot", str(tmp_path / "iobound.png")]
     if dsn:
         args += ["--postgres-dsn", dsn]
+        schemas = asyncio.run(_bench_schemas(dsn))
     done = run_bench(*args)
     assert done.returncode == 0, done.stderr
     document = json.loads(done.stdout)
@@ -49,13 +86,21 @@ def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
         "gc-window",
         "memory",
         "scale-out",
+        "pipeline-sqlite",
+        "pipeline-sqlite-rss",
+        "pipeline-sqlite-2p",
     }
     if dsn:
-        expected.add("reducer-postgres")
+        expected |= {"reducer-postgres", "pipeline-postgres"}
+        expected |= {"pipeline-postgres-rss", "pipeline-postgres-2p"}
     # feed-on-disk needs files that can be dropped from the page cache (Linux, not tmpfs).
     assert expected <= set(results) <= expected | {"feed-on-disk"}
     assert {name.split("-")[0] for name in results} >= {n.split("-")[0] for n in SCENARIOS}
     assert results["scale-out"]["details"]["bare_two_process_speedup"] > 0
+    check_pipeline_results(results, "sqlite")
+    if dsn:
+        check_pipeline_results(results, "postgres")
+        assert asyncio.run(_bench_schemas(dsn)) <= schemas, "a pipeline schema was left behind"
     for result in results.values():
         assert result["figure"] > 0 and result["reference"] > 0, result
         assert result["ratio"] == pytest.approx(result["figure"] / result["reference"], rel=0.01)
@@ -72,3 +117,49 @@ def test_table_names_each_chosen_scenario_and_unknown_ones_are_usage_errors() ->
     bad = run_bench("--scenario", "nope")
     assert bad.returncode == 2
     assert "nope" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_quick_postgres_pipelines_measure_both_sides_and_drop_their_schemas(
+    postgres_dsn: str,
+) -> None:
+    before = asyncio.run(_bench_schemas(postgres_dsn))
+    done = run_bench(
+        *("--scenario", "pipeline-postgres", "--scenario", "pipeline-postgres-2p"),
+        *("--json", "--postgres-dsn", postgres_dsn),
+    )
+    assert done.returncode == 0, done.stderr
+    results = {r["scenario"]: r for r in json.loads(done.stdout)["results"]}
+    assert set(results) == {"pipeline-postgres", "pipeline-postgres-rss", "pipeline-postgres-2p"}
+    check_pipeline_results(results, "postgres")
+    assert asyncio.run(_bench_schemas(postgres_dsn)) <= before, "a schema was left behind"
+
+
+def test_postgres_pipelines_without_a_dsn_give_no_result() -> None:
+    done = run_bench(
+        "--scenario", "pipeline-postgres", "--json", env={"INDEXER_BENCH_POSTGRES_DSN": ""}
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["results"] == []
+
+
+def test_the_bare_pipeline_loop_imports_nothing_of_the_framework_but_the_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """It runs as a script (``-P``: not from the bench directory), so not even ``indexer.cli``."""
+    from indexer.cli.bench._common import write_bench_feed
+
+    write_bench_feed(tmp_path / "feed", 3)
+    db = tmp_path / "bare.db"
+    command = [sys.executable, "-P", "-X", "importtime", str(BARE), "sqlite", str(db)]
+    done = subprocess.run(
+        [*command, str(tmp_path / "feed"), "0", "3"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert {m for m in imported if m.split(".")[0] == "indexer"} == {
+        "indexer",
+        "indexer._lazy",
+        "indexer.checkpoint",
+        "indexer.errors",
+    }
+    assert "asyncpg" not in imported and "asyncio" not in imported

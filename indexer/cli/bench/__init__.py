@@ -63,6 +63,34 @@ def _scaleout(quick: bool, options: dict[str, Any]) -> list[Result]:
     return scaleout.run(quick, options.get("event_loop", "auto"))
 
 
+def _pipeline_sqlite(quick: bool, options: dict[str, Any]) -> list[Result]:
+    from . import pipeline
+
+    return pipeline.run_sqlite(quick, 1, options.get("event_loop", "auto"))
+
+
+def _pipeline_postgres(quick: bool, options: dict[str, Any]) -> list[Result]:
+    from . import pipeline
+
+    return pipeline.run_postgres(
+        quick, options.get("postgres_dsn"), 1, options.get("event_loop", "auto")
+    )
+
+
+def _pipeline_sqlite_2p(quick: bool, options: dict[str, Any]) -> list[Result]:
+    from . import pipeline
+
+    return pipeline.run_sqlite(quick, 2, options.get("event_loop", "auto"))
+
+
+def _pipeline_postgres_2p(quick: bool, options: dict[str, Any]) -> list[Result]:
+    from . import pipeline
+
+    return pipeline.run_postgres(
+        quick, options.get("postgres_dsn"), 2, options.get("event_loop", "auto")
+    )
+
+
 #: Scenario name -> runner(quick, options) -> results, in the order they run.
 SCENARIOS: dict[str, Callable[[bool, dict[str, Any]], list[Result]]] = {
     "dispatch": _dispatch,
@@ -72,6 +100,10 @@ SCENARIOS: dict[str, Callable[[bool, dict[str, Any]], list[Result]]] = {
     "gc-window": _gc_window,
     "memory": _memory,
     "scale-out": _scaleout,
+    "pipeline-sqlite": _pipeline_sqlite,
+    "pipeline-postgres": _pipeline_postgres,
+    "pipeline-sqlite-2p": _pipeline_sqlite_2p,
+    "pipeline-postgres-2p": _pipeline_postgres_2p,
 }
 
 

@@ -104,7 +104,7 @@ def plot_concurrency(path: Path, quick: bool, event_loop: str = "auto") -> dict[
 @click.option(
     "--postgres-dsn",
     envvar="INDEXER_BENCH_POSTGRES_DSN",
-    help="Also measure the PostgreSQL sink against bare COPY on this server "
+    help="Also measure the PostgreSQL sink and pipelines against bare COPY on this server "
     "[env INDEXER_BENCH_POSTGRES_DSN].",
 )
 @click.option(
