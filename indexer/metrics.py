@@ -6,6 +6,9 @@ turns a ``JobView`` of them into Prometheus metric families only when scraped.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
@@ -21,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from .stats import Histogram, JobView, PipelineView
 
-__all__ = ["IndexerCollector", "serve_metrics"]
+__all__ = ["IndexerCollector", "serve_metrics", "stop_metrics"]
 
 #: Seconds a scrape waits for the job's event loop to build a consistent exposition.
 CONSISTENT_WAIT = 2.0
@@ -154,3 +157,17 @@ def serve_metrics(job: JobView, host: str, port: int) -> Any:
     registry.register(IndexerCollector(job))
     server, _thread = start_http_server(port, addr=host, registry=registry)
     return server
+
+
+def stop_metrics(server: Any) -> None:
+    """Stop and close a server ``serve_metrics`` started, at once: ``shutdown()`` waits for
+    its thread's next poll (every half a second), so connections wake that thread until it
+    has seen the request to stop."""
+    stopping = threading.Thread(target=server.shutdown, name="metrics-shutdown", daemon=True)
+    stopping.start()
+    host, port = server.server_address[:2]
+    while stopping.is_alive():
+        with contextlib.suppress(OSError):  # if none gets through, the poll ends it
+            socket.create_connection((host, port), timeout=0.1).close()
+        stopping.join(0.01)
+    server.server_close()

@@ -19,7 +19,13 @@ from .._gc import tuned_gc
 from .._log import log
 from .._signals import TwoSignalStop
 from ..claims import ChunkLayout, Claim, ClaimStore
-from ..claims.lease import check_no_whole_writer, default_owner, heartbeat_of, keep_alive
+from ..claims.lease import (
+    check_chunking,
+    check_no_whole_writer,
+    default_owner,
+    heartbeat_of,
+    keep_alive,
+)
 from ..errors import ConfigurationError, FeedEndedEarly, FencingError, ShutdownAborted
 from ..executor import IndexerExecutor, check_range, poll_feed
 from ..pipeline import WorkerPool
@@ -30,14 +36,6 @@ from ..stats import JobView
 from .progress import ChunkProgressStore
 
 __all__ = ["ChunkedRunner", "check_chunking"]
-
-
-def check_chunking(chunk_size: int, lease_ttl: float) -> None:
-    """Refuse chunks of fewer than one checkpoint and leases that are not positive."""
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ConfigurationError(f"must be at least 1, got {chunk_size!r}", key="chunk_size")
-    if not lease_ttl > 0:
-        raise ConfigurationError(f"must be positive, got {lease_ttl!r}", key="lease_ttl")
 
 
 class ChunkedRunner:

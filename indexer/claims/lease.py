@@ -14,12 +14,13 @@ import socket
 from collections.abc import Callable
 
 from .._log import log
-from ..errors import FencingError, PipelineHeld, StoreBusy
+from ..errors import ConfigurationError, FencingError, PipelineHeld, StoreBusy
 from ..retry import RetryPolicy, logged_retry, retry
 from ._base import WHOLE, ChunkState, Claim, ClaimStore, describe
 
 __all__ = [
     "MAX_RENEWAL_FAILURES",
+    "check_chunking",
     "check_no_whole_writer",
     "default_owner",
     "end_dead_holders",
@@ -51,6 +52,15 @@ def owner_is_dead(owner: str | None) -> bool:
     except PermissionError:  # it exists, as another user's process
         return False
     return False
+
+
+def check_chunking(chunk_size: int, lease_ttl: float) -> None:
+    """Refuse chunks of fewer than one checkpoint and leases that are not positive (here, not
+    in ``indexer.chunked``: the config checks them without importing the chunked runner)."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ConfigurationError(f"must be at least 1, got {chunk_size!r}", key="chunk_size")
+    if not lease_ttl > 0:
+        raise ConfigurationError(f"must be positive, got {lease_ttl!r}", key="lease_ttl")
 
 
 def heartbeat_of(ttl: float) -> float:

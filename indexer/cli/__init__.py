@@ -1,4 +1,5 @@
-"""The ``indexer`` command: the click commands (``main.py``) and what they build and run.
+"""The ``indexer`` command: the click commands (``main.py`` with ``run``, ``commands.py`` with
+the others, loaded when named) and what they build and run.
 
 ``config.py`` reads and validates the TOML file, ``build.py`` turns it into the library's
 objects, ``run.py`` runs them (``processes.py`` for ``--processes N``), ``status.py`` reads

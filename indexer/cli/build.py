@@ -8,7 +8,6 @@ the import path, and their relative path options resolved against it (``paths.py
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,7 +19,7 @@ from ..reducer import Reducer
 from ..sources import CheckpointSource, LocalDirectorySource, SyntheticSource
 from ..worker import Worker
 from .config import Config, PipelineConfig, import_object
-from .paths import anchor_options
+from .paths import anchor_options, constructor_signature
 from .stores import build_store, named, resolve_path
 
 __all__ = ["build_executor", "build_pool", "build_reducer", "build_source"]
@@ -55,7 +54,7 @@ def _instantiate(
         raise ConfigurationError(f"{where}: {cls!r} is not a {base.__name__} subclass")
     options = anchor_options(cls, options, directory)
     try:
-        inspect.signature(cls).bind(**options)
+        constructor_signature(cls).bind(**options)
     except TypeError as exc:
         raise ConfigurationError(f"{where}: bad options for {cls.__name__}: {exc}") from None
     try:

@@ -29,9 +29,9 @@ import msgspec
 
 from .._dsn import mask_dsn
 from .._loop import EventLoopName
-from ..chunked.runner import ChunkedRunner, check_chunking
+from ..claims.lease import check_chunking
 from ..errors import ConfigurationError
-from ..executor import check_range
+from ..executor import IndexerExecutor, check_range
 from ..pipeline import WorkerPool
 from ..retry import RetryPolicy
 from ..sources import LocalDirectorySource, SyntheticSource
@@ -154,7 +154,9 @@ class ScaleConfig(_Section):
     processes: int = 1
     claims: str | None = None  # sqlite:PATH or a postgresql:// DSN; also the progress store
     chunk_size: int = 10_000
-    lease_ttl: float = _default(ChunkedRunner, "lease_ttl")
+    #: The executor's (a whole pipeline's lease), which is also the ChunkedRunner's: the
+    #: chunked runner is imported only by a chunked run.
+    lease_ttl: float = _default(IndexerExecutor, "lease_ttl")
 
     @property
     def chunked(self) -> bool:
@@ -385,4 +387,6 @@ def import_object(spec: str, where: str, directory: Path | None = None) -> Any:
             raise ConfigurationError(
                 f"{where}: {module_name!r} has no attribute {attribute!r}"
             ) from None
+        except ImportError as exc:  # a package's name loaded on first use (PEP 562)
+            raise ConfigurationError(f"{where}: cannot import {module_name!r}: {exc}") from None
     return target

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
 from typing import Any, TextIO
-
-import structlog
 
 from .._dsn import mask_dsn
 
@@ -52,6 +51,34 @@ def mask_secrets(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[s
     return mask_dsn(event_dict)
 
 
+#: Whether structlog was imported while rich was hidden (``_import_structlog``).
+_without_rich = False
+
+
+def _import_structlog(console: bool) -> None:
+    """Import structlog: for JSON lines without rich, when neither is imported yet.
+
+    structlog imports rich when it is installed, for the console renderer's tracebacks (30 ms
+    and more of a run's start-up) that JSON lines never draw: rich is hidden while structlog
+    is imported (``import rich`` fails), and imported again with it once a console with
+    tracebacks drawn by rich is configured in the same process."""
+    global _without_rich
+    if not console and "structlog" not in sys.modules and "rich" not in sys.modules:
+        sys.modules["rich"] = None  # type: ignore[assignment]
+        try:
+            import structlog
+        finally:
+            del sys.modules["rich"]
+        _without_rich = True
+        return
+    import structlog
+
+    if console and _without_rich:
+        _without_rich = False
+        importlib.reload(structlog.tracebacks)  # the same modules, now with rich
+        importlib.reload(structlog.dev)
+
+
 def configure_logging(
     level: str = "info", format: str = "auto", stream: TextIO | None = None
 ) -> None:
@@ -61,6 +88,10 @@ def configure_logging(
     stream = stream if stream is not None else sys.stderr
     if format == "auto":
         format = "console" if stream.isatty() else "json"
+    tty = stream.isatty()
+    _import_structlog(console=format == "console" and tty)
+    import structlog
+
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -74,7 +105,6 @@ def configure_logging(
     else:
         # Tracebacks without the frames' locals, which hold checkpoints and may hold secrets:
         # drawn by rich on a terminal, plain text elsewhere.
-        tty = stream.isatty()
         traceback: Any = (
             structlog.dev.RichTracebackFormatter(show_locals=False)
             if tty

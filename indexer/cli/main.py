@@ -7,12 +7,13 @@ Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
-import json
+import gc
+import importlib
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -21,7 +22,6 @@ import click
 
 from .. import __version__
 from .._dsn import mask_dsn
-from .._loop import run_on
 from ..errors import failure_exit
 from .options import option, overrides, run_options
 
@@ -72,6 +72,7 @@ def handle_errors(func: F) -> F:
                 raise
             _fail(known[1], known[0])
 
+    wrapper.handles_errors = True  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
 
 
@@ -102,10 +103,47 @@ def _load(config_path: Path | None, **overrides: Any) -> Config:
     return load_config(config_path, overrides)
 
 
+def _skip_collection_at_exit() -> None:
+    """Have the interpreter's exit skip its cyclic garbage collections: they walk every object
+    the imports made (20 ms, a seventh of a short run) to free memory the process's end frees
+    anyway. ``gc.freeze`` runs as the last ``atexit`` hook registered before the command (the
+    command's and its workers' hooks run before it); the standard streams are still flushed
+    and every module still torn down after it."""
+    atexit.unregister(gc.freeze)  # once, however many times the command runs in one process
+    atexit.register(gc.freeze)
+
+
 class _Group(click.Group):
-    """Usage errors as one line too (click prints a four-line block by default)."""
+    """Usage errors as one line too (click prints a four-line block by default).
+
+    The commands in ``lazy_commands`` are imported only when named (to run, or by ``--help``,
+    which lists every command with its short help), as in click's "Lazily Loading
+    Subcommands": ``indexer run`` defines only itself and imports none of the others' modules.
+    """
+
+    #: Command name -> ``module:attribute`` of its click command.
+    lazy_commands: dict[str, str] = {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        target = self.lazy_commands.get(cmd_name)
+        if command is not None or target is None:
+            return command
+        module, _, attribute = target.partition(":")
+        command = getattr(importlib.import_module(module), attribute)
+        assert isinstance(command, click.Command)
+        callback = command.callback
+        if not isinstance(command, click.Group) and not hasattr(callback, "handles_errors"):
+            assert callback is not None
+            command.callback = handle_errors(callback)  # bench's: one-line errors too
+        self.add_command(command, cmd_name)  # loaded once
+        return command
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
+        _skip_collection_at_exit()
         kwargs["standalone_mode"] = False
         try:
             result = super().main(*args, **kwargs)
@@ -145,189 +183,17 @@ def run(config_path: Path | None, **options: Any) -> None:
     echo_result(summary)
 
 
-# -- status and reset -------------------------------------------------------------------------
+# -- the other commands -----------------------------------------------------------------------
 
-
-@main.command()
-@configured
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def status(config_path: Path | None, feed: str | None, store: str | None, as_json: bool) -> None:
-    """Per pipeline: watermark, newest checkpoint in the feed, lag, dead letters; for a
-    scaled-out job also its chunks: done, owners and lease expiry."""
-    config = _load(config_path, **{"source.feed": feed, "progress.store": store})
-    from .status import render_status, status_report
-
-    report = mask_dsn(run_on(config.run.event_loop, status_report(config)))
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-    else:
-        render_status(report)
-
-
-@main.command()
-@config_option
-@store_option
-@click.option("--pipeline", required=True, help="The pipeline to reset (or drop).")
-@click.option(
-    "--to",
-    "to",
-    type=click.IntRange(min=0),
-    help="The new watermark (next checkpoint to process), lower included.",
+# Loaded when named (commands.py, bench/_command.py): ``indexer run`` defines only itself, and
+# does not import the benchmarks' machinery (multiprocessing, the process pool).
+_Group.lazy_commands.update(
+    {
+        "status": "indexer.cli.commands:status",
+        "reset": "indexer.cli.commands:reset",
+        "generate": "indexer.cli.commands:generate",
+        "config": "indexer.cli.commands:config_group",
+        "init": "indexer.cli.commands:init",
+        "bench": "indexer.cli.bench._command:bench_command",
+    }
 )
-@click.option(
-    "--drop", is_flag=True, help="Forget the pipeline: its watermark, dead letters and chunks."
-)
-@click.option(
-    "--delete-rows",
-    is_flag=True,
-    help="Also delete the rows its sink wrote for the checkpoints to index again "
-    "(sinks that record each row's checkpoint).",
-)
-@click.option("--force", is_flag=True, help="Really do it.")
-@handle_errors
-def reset(
-    config_path: Path | None,
-    store: str | None,
-    pipeline: str,
-    to: int | None,
-    drop: bool,
-    delete_rows: bool,
-    force: bool,
-) -> None:
-    """Set a pipeline's watermark, lower included (the way to re-index), or drop the pipeline.
-
-    Without --force, say what would be done."""
-    if (to is None) == (not drop):
-        raise click.UsageError("give either --to N or --drop")
-    config = _load(config_path, **{"progress.store": store})
-    from .reset import reset_pipeline
-
-    outcome = run_on(
-        config.run.event_loop,
-        reset_pipeline(config, pipeline, to, force=force, delete_rows=delete_rows),
-    )
-    for warning in outcome.warnings:
-        click.echo(f"indexer: warning: {warning}", err=True)
-    spec = str(config.progress.spec)
-    if not force:
-        _fail(f"would {outcome.describe(spec, done=False)}; add --force to do it", 2)
-    click.echo(outcome.describe(spec, done=True))
-
-
-# -- generate ---------------------------------------------------------------------------------
-
-
-@main.command()
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Directory to write {n}.chk files into.",
-)
-@click.option("--count", type=click.IntRange(min=1), required=True)
-@click.option("--start", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@handle_errors
-def generate(out: Path, count: int, start: int, seed: int) -> None:
-    """Write a synthetic feed of COUNT checkpoints (deterministic for a seed)."""
-    from rich.progress import Progress
-
-    from ..sources import SyntheticSource, write_feed
-
-    started = time.perf_counter()
-    with Progress(disable=not sys.stderr.isatty(), transient=True) as bar:
-        task = bar.add_task("generating", total=count)
-        written = run_on(
-            "asyncio",
-            write_feed(
-                SyntheticSource(seed=seed),
-                out,
-                start=start,
-                count=count,
-                on_progress=lambda done: bar.update(task, completed=done),
-            ),
-        )
-    elapsed = time.perf_counter() - started
-    click.echo(
-        f"wrote {written} checkpoints ({start}..{start + written - 1}) to {out} in {elapsed:.1f}s"
-    )
-
-
-# -- config -----------------------------------------------------------------------------------
-
-
-@main.group(name="config")
-def config_group() -> None:
-    """Show or check the effective configuration."""
-
-
-def _without_none(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_without_none(v) for v in value]
-    return value
-
-
-@config_group.command("show")
-@config_option
-@run_options
-@handle_errors
-def config_show(config_path: Path | None, **options: Any) -> None:
-    """Print the config `indexer run` would run with the same options and INDEXER_* variables,
-    as TOML (relative paths resolved, passwords masked)."""
-    config = _load(config_path, **overrides(options))
-    import msgspec
-
-    data = _without_none(msgspec.to_builtins(config))
-    data.pop("path", None)
-    click.echo(msgspec.toml.encode(mask_dsn(data)).decode(), nl=False)
-
-
-@config_group.command("check")
-@config_option
-@run_options
-@handle_errors
-def config_check(config_path: Path | None, **options: Any) -> None:
-    """Check what `indexer run` would run with the same options and INDEXER_* variables:
-    validate the config, import every worker and reducer, build the pipelines, and reach the
-    feed and the databases. One line per check, then OK (exit 2 at the first that fails)."""
-    config = _load(config_path, **overrides(options))
-    from .checks import check_config
-
-    for line in check_config(config):
-        echo_result(mask_dsn(line))
-
-
-# -- init -------------------------------------------------------------------------------------
-
-
-@main.command()
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--name", help="Python package name (default: from the directory name).")
-@handle_errors
-def init(directory: Path, name: str | None) -> None:
-    """Scaffold a new indexer project (a Worker, a config and a passing test) in DIRECTORY."""
-    from .scaffold import scaffold_project
-
-    files = scaffold_project(directory, name)
-    click.echo(f"created {len(files)} files in {directory}:")
-    for path in files:
-        click.echo(f"  {path}")
-    click.echo(
-        f"next: cd {directory} && pip install -e '.[dev]' && pytest && indexer run -c config.toml"
-    )
-
-
-# -- bench ------------------------------------------------------------------------------------
-
-
-def _register_bench() -> None:
-    from .bench._command import bench_command
-
-    assert bench_command.callback is not None
-    bench_command.callback = handle_errors(bench_command.callback)
-    main.add_command(bench_command)
-
-
-_register_bench()

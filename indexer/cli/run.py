@@ -6,18 +6,19 @@ import asyncio
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
 
 from .._loop import loop_factory, run_on
 from ..errors import ConfigurationError, IndexerError
-from ..executor import IndexerExecutor
-from ..metrics import serve_metrics
 from .build import build_executor, build_source
 from .config import Config
 from .stores import build_claim_store, build_store
+
+if TYPE_CHECKING:
+    from ..executor import IndexerExecutor
 
 log = structlog.get_logger("indexer")
 
@@ -82,6 +83,8 @@ def _run_here(
     executor.timing = config.metrics.enabled
     server = None
     if config.metrics.enabled:
+        from ..metrics import serve_metrics, stop_metrics  # prometheus_client: only here
+
         host, port = config.metrics.host_port
         try:
             server = serve_metrics(executor.job, host, port)
@@ -102,7 +105,7 @@ def _run_here(
         elapsed = time.perf_counter() - started
     finally:
         if server is not None:
-            server.shutdown()
+            stop_metrics(server)
     processed = executor.job.processed
     rate = processed / elapsed if elapsed > 0 else 0.0
     marks = ", ".join(f"{name}={mark}" for name, mark in watermarks.items())

@@ -84,11 +84,13 @@ class StoreSpec(NamedTuple):
 def build_store(config: Config) -> ProgressStore:
     """The progress store named by ``progress.store``."""
     spec = config.progress.spec
-    from ..progress import FileProgressStore, MemoryProgressStore
-
     if spec.kind == "memory":
+        from ..progress import MemoryProgressStore
+
         return MemoryProgressStore()
     if spec.kind == "file":
+        from ..progress import FileProgressStore
+
         return FileProgressStore(spec.path)
     if spec.kind == "sqlite":
         from ..progress import SqliteProgressStore

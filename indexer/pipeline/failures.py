@@ -24,13 +24,19 @@ __all__ = ["Failing", "FailingCheckpoints", "Failure", "failure_of"]
 TRACEBACK_EVERY = 60.0
 
 _FRAMEWORK = str(Path(__file__).resolve().parent.parent) + os.sep
-_LIBRARIES = tuple(
-    {
-        os.path.realpath(path) + os.sep
-        for key in ("stdlib", "platstdlib", "purelib", "platlib")
-        if (path := sysconfig.get_paths().get(key))
-    }
-)
+
+
+@lru_cache(maxsize=1)
+def _libraries() -> tuple[str, ...]:
+    """The standard library's and installed packages' directories (read at the first failure,
+    not at start-up)."""
+    return tuple(
+        {
+            os.path.realpath(path) + os.sep
+            for key in ("stdlib", "platstdlib", "purelib", "platlib")
+            if (path := sysconfig.get_paths().get(key))
+        }
+    )
 
 
 class Failure(NamedTuple):
@@ -67,7 +73,7 @@ def _is_user_code(filename: str) -> bool:
     if filename.startswith("<"):  # <frozen ...>, <string>
         return False
     path = os.path.realpath(filename)
-    return not path.startswith(_FRAMEWORK) and not path.startswith(_LIBRARIES)
+    return not path.startswith(_FRAMEWORK) and not path.startswith(_libraries())
 
 
 def _shown(filename: str) -> str:
