@@ -37,6 +37,9 @@ from .progress import ChunkProgressStore
 
 __all__ = ["ChunkedRunner", "check_chunking"]
 
+#: Seconds between two looks, at the start, for the first file a chunk has read.
+_FIRST_READ_CHECK = 0.01
+
 
 class ChunkedRunner:
     """Runs ``pools`` chunk by chunk under leases from ``claims``; see the module docstring.
@@ -119,9 +122,7 @@ class ChunkedRunner:
             layouts = {pool.name: await self._layout(pool.name, first) for pool in self.pools}
             for pool in self.pools:
                 await check_no_whole_writer(self.claims, pool.name)
-            poller = asyncio.create_task(
-                poll_feed(self._source(), self.job.feed, self.feed_poll_interval), name="feed"
-            )
+            poller = asyncio.create_task(self._poll_feed(), name="feed")
             with self._signals.handling(self.handle_signals), tuned_gc(self.tune_gc):
                 while not self._stop.is_set():
                     progressed = False
@@ -167,6 +168,17 @@ class ChunkedRunner:
                 "first checkpoint, or `indexer reset` the pipeline first"
             )
         return layout
+
+    async def _poll_feed(self) -> None:
+        """The feed poller (for lag), once the first chunk has read a file (or after one
+        interval): a look before any file is read has nothing to probe forward from and lists
+        the whole feed, which cost every process of a job over 100,000 files about 0.2 s of
+        CPU as it started."""
+        feed, waited = self.job.feed, 0.0
+        while feed.last_read is None and waited < self.feed_poll_interval:
+            await asyncio.sleep(_FIRST_READ_CHECK)
+            waited += _FIRST_READ_CHECK
+        await poll_feed(self._source(), feed, self.feed_poll_interval)
 
     def _source(self) -> CheckpointSource:
         if self._shared_source is None:
