@@ -254,12 +254,16 @@ class SharedConnection:
                     await fetch(conn, statement)
                 if self._setup is not None:
                     await self._setup(conn)
-            except (OSError, sqlite3.Error) as exc:
+            except BaseException as exc:
+                # Cancelled too (a run stopped while it opened): a connection left open is a
+                # thread left running.
                 if conn is not None:
-                    await conn.close()
-                raise ProgressStoreError(
-                    f"{self.path}: cannot open {self.what}: {reason(exc)}"
-                ) from exc
+                    await asyncio.shield(conn.close())
+                if isinstance(exc, OSError | sqlite3.Error):
+                    raise ProgressStoreError(
+                        f"{self.path}: cannot open {self.what}: {reason(exc)}"
+                    ) from exc
+                raise
             self._conn = conn
 
     async def close(self) -> None:

@@ -349,6 +349,32 @@ async def test_sqlite_is_transactional_and_exposes_its_path(tmp_path: Path) -> N
     assert isinstance(store.path, Path)
 
 
+async def test_a_cancelled_open_leaves_no_connection_thread(tmp_path: Path) -> None:
+    """A run stopped while its store opens (cancelled in the schema's setup) closes the new
+    connection: an aiosqlite connection left open is a thread left running."""
+    from indexer._sqlite import SharedConnection
+
+    entered = asyncio.Event()
+
+    async def setup(conn: object) -> None:
+        entered.set()
+        await asyncio.Event().wait()  # cancelled here
+
+    db = SharedConnection(
+        tmp_path / "db.sqlite", what="test database", reentry="re-entered", schema=[], setup=setup
+    )
+    before = set(threading.enumerate())
+    opening = asyncio.create_task(db.open())
+    await entered.wait()
+    opening.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await opening
+    started = [t for t in threading.enumerate() if t not in before]
+    for thread in started:
+        thread.join(timeout=5)
+    assert not [t.name for t in started if t.is_alive()]
+
+
 async def test_sqlite_open_creates_directory_tables_and_wal(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "progress.db"
     async with SqliteProgressStore(path) as store, store.transaction("p", 0) as conn:
