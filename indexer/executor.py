@@ -16,7 +16,7 @@ from .errors import ConfigurationError, FeedEndedEarly, ShutdownAborted
 from .pipeline import PipelineRun, WorkerPool
 from .progress import MemoryProgressStore, ProgressStore
 from .sources import CheckpointSource, SourcedBatch
-from .stats import FeedStats, JobView
+from .stats import CheckpointTimes, FeedStats, JobView
 
 __all__ = ["IndexerExecutor", "check_range", "poll_feed"]
 
@@ -171,6 +171,7 @@ class IndexerExecutor:
         if not active:
             log.info("nothing to do: every pipeline is past last_checkpoint", last=last)
             return starts
+        times = CheckpointTimes()  # for each pipeline's newest committed checkpoint's timestamp
         runs = [
             PipelineRun(
                 pool,
@@ -179,6 +180,7 @@ class IndexerExecutor:
                 stats=self.job.pipeline(pool.name).stats,
                 on_halt=self._on_halt,
                 timed=self.timing,
+                times=times,
             )
             for pool in active
         ]
@@ -189,7 +191,7 @@ class IndexerExecutor:
                 started.append(run)
                 self.job.pipeline(run.name).attach(run)
             reader_start = min(run.start for run in runs)
-            watermarks = await self._drive(source, decoder, runs, reader_start, last)
+            watermarks = await self._drive(source, decoder, runs, reader_start, last, times)
             return {**starts, **watermarks}
         except asyncio.CancelledError:
             for run in started:
@@ -210,6 +212,7 @@ class IndexerExecutor:
         runs: list[PipelineRun],
         start: int,
         last: int | None,
+        times: CheckpointTimes,
     ) -> dict[str, int]:
         """Read until done or stopped, then end every run; their saved watermarks."""
         assert self._stop is not None
@@ -218,7 +221,7 @@ class IndexerExecutor:
             if last is None
             else source.stream_to(start, last, decoder)
         )
-        reader = asyncio.create_task(self._read(stream, runs, last), name="reader")
+        reader = asyncio.create_task(self._read(stream, runs, last, times), name="reader")
         stopper = asyncio.create_task(self._stop.wait(), name="stop")
         pruner = asyncio.create_task(self._prune(source, runs), name="prune")
         poller = asyncio.create_task(self._poll_feed(source), name="feed")
@@ -262,16 +265,25 @@ class IndexerExecutor:
         return watermarks
 
     async def _read(
-        self, stream: AsyncIterator[SourcedBatch], runs: list[PipelineRun], last: int | None
+        self,
+        stream: AsyncIterator[SourcedBatch],
+        runs: list[PipelineRun],
+        last: int | None,
+        times: CheckpointTimes,
     ) -> None:
-        """Hand every pipeline each checkpoint of ``stream`` up to ``last``."""
+        """Hand every pipeline each checkpoint of ``stream`` up to ``last``, keeping their
+        timestamps in ``times``."""
         feed = self.job.feed
+        one = runs[0] if len(runs) == 1 else None
         async with contextlib.aclosing(stream):  # type: ignore[type-var]
             async for batch in stream:
                 if not batch:
                     continue
                 feed.bytes_read += sum(size for _, size in batch)
                 feed.last_read = newest = batch[-1][0].sequence_number
+                if times.enabled:
+                    lowest = one.watermark if one else min(run.watermark for run in runs)
+                    times.add(batch, lowest)
                 if len(runs) == 1 and (last is None or newest < last):
                     # The common case, a batch for one pipeline short of ``last``: as much of
                     # it as the window takes in one go, then the rest one by one.

@@ -8,11 +8,13 @@ the runs of its pipelines (one per chunk in a chunked job).
 from __future__ import annotations
 
 import asyncio
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
+from collections import deque
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = [
+    "CheckpointTimes",
     "FeedStats",
     "Histogram",
     "JobView",
@@ -60,13 +62,20 @@ class PipelineStats:
         "batches_committed",
         "batches_failed",
         "commit_seconds",
+        "committed_at",
         "dead_letters",
         "processed",
         "processing_seconds",
         "retries",
+        "watermark_timestamp_ms",
     )
 
     def __init__(self) -> None:
+        #: Wall clock (``time.time()``) of the last raise of the saved watermark; None before.
+        self.committed_at: float | None = None
+        #: ``timestamp_ms`` of the newest committed checkpoint (the saved watermark's one
+        #: below), None until a run commits one whose timestamp it read.
+        self.watermark_timestamp_ms: int | None = None
         self.processed = 0
         self.retries = 0
         self.dead_letters = 0
@@ -88,6 +97,53 @@ class FeedStats:
         self.last_read: int | None = None
 
 
+class CheckpointTimes:
+    """The ``timestamp_ms`` of the checkpoints one run read that not every pipeline has
+    committed yet: the reader adds each batch's (one attribute read per checkpoint) and drops
+    those below the lowest saved watermark; a committer looks up the one below the watermark it
+    just saved. Checkpoints of a type without ``timestamp_ms`` turn it off."""
+
+    __slots__ = ("_firsts", "_stamps", "enabled")
+
+    def __init__(self) -> None:
+        self._firsts: deque[int] = deque()  # each batch's first sequence number, rising
+        self._stamps: deque[list[int]] = deque()  # each batch's timestamps, in order
+        self.enabled = True
+
+    def add(self, batch: Sequence[tuple[Any, int]], lowest: int) -> None:
+        """Keep the timestamps of ``batch`` (consecutive ``(checkpoint, size)`` pairs), and
+        drop the batches wholly below ``lowest`` (the lowest saved watermark)."""
+        if not self.enabled or not batch:
+            return
+        try:
+            stamps = [checkpoint.timestamp_ms for checkpoint, _ in batch]
+        except AttributeError:  # a checkpoint type without timestamps
+            self.enabled = False
+            self._firsts.clear()
+            self._stamps.clear()
+            return
+        first = batch[0][0].sequence_number
+        firsts = self._firsts
+        if batch[-1][0].sequence_number - first == len(batch) - 1 and (
+            not firsts or first >= firsts[-1] + len(self._stamps[-1])
+        ):  # consecutive and after the last kept: a number is found by its offset
+            firsts.append(first)
+            self._stamps.append(stamps)
+        while len(firsts) > 1 and firsts[1] <= lowest:
+            firsts.popleft()
+            self._stamps.popleft()
+
+    def at(self, sequence_number: int) -> int | None:
+        """The ``timestamp_ms`` of checkpoint ``sequence_number``, if kept."""
+        firsts = self._firsts
+        index = bisect_right(firsts, sequence_number) - 1
+        if index < 0:
+            return None
+        stamps = self._stamps[index]
+        offset = sequence_number - firsts[index]
+        return stamps[offset] if offset < len(stamps) else None
+
+
 class RunningPipeline(Protocol):
     """What a view reads of a pipeline's run in progress (``indexer.pipeline.PipelineRun``)."""
 
@@ -100,11 +156,14 @@ class RunningPipeline(Protocol):
     @property
     def inflight(self) -> int: ...
 
+    @property
+    def error(self) -> BaseException | None: ...
+
 
 class PipelineView:
     """One pipeline of a job: its counters, and its run in progress if any."""
 
-    __slots__ = ("_last_watermark", "_start", "name", "run", "stats")
+    __slots__ = ("_error", "_last_watermark", "_start", "name", "run", "stats")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -113,6 +172,7 @@ class PipelineView:
         self.run: RunningPipeline | None = None
         self._start = 0
         self._last_watermark = 0
+        self._error: BaseException | None = None
 
     def attach(self, run: RunningPipeline) -> None:
         """A run of this pipeline starts."""
@@ -127,7 +187,14 @@ class PipelineView:
         """The run in progress ended; its final watermark stays shown."""
         if self.run is not None:
             self._last_watermark = self.run.watermark
+            self._error = self._error or self.run.error
             self.run = None
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why a run of this pipeline in this process halted (None: it has not)."""
+        run = self.run
+        return self._error or (run.error if run is not None else None)
 
     @property
     def start(self) -> int:

@@ -126,6 +126,10 @@ def test_bad_limits_name_the_key(tmp_path: Path, table: str, needle: str) -> Non
         ("[scale]\nchunk_size = 0\n", "scale.chunk_size must be at least 1, got 0"),
         ("[scale]\nlease_ttl = 0.0\n", "scale.lease_ttl must be positive, got 0.0"),
         (
+            "[metrics]\nready_max_lag_seconds = 0\n",
+            "metrics.ready_max_lag_seconds must be positive, got 0.0",
+        ),
+        (
             "[run]\nfirst_checkpoint = 9\nlast_checkpoint = 5\n",
             "run.last_checkpoint (5) is below first_checkpoint (9)",
         ),
@@ -152,6 +156,7 @@ def test_bad_limits_name_the_key(tmp_path: Path, table: str, needle: str) -> Non
         "synthetic-batch-size",
         "chunk-size",
         "lease-ttl",
+        "ready-max-lag",
         "range",
         "negative-first",
         "source-kind",

@@ -74,6 +74,10 @@ async def test_a_scrape_from_another_thread_sees_one_moment_of_the_run() -> None
         assert scrape["indexer_reducer_batch_messages_sum"] == scrape["indexer_watermark"]
         assert scrape["indexer_lag_checkpoints"] == count - scrape["indexer_watermark"]
         assert processed >= scrape["indexer_watermark"]
+        # The newest committed checkpoint's own timestamp, whatever order calls finished in.
+        newest = make_checkpoints(1, start=int(scrape["indexer_watermark"]) - 1)[0]
+        assert scrape["indexer_watermark_timestamp_seconds"] == newest.timestamp_ms / 1000
+        assert scrape["indexer_pipeline_halted"] == 0
 
 
 def test_without_a_running_loop_the_scrape_is_built_where_it_is_asked() -> None:
@@ -82,3 +86,8 @@ def test_without_a_running_loop_the_scrape_is_built_where_it_is_asked() -> None:
     found: dict[str, Any] = values(list(IndexerCollector(executor.job).collect()))
     assert found["indexer_watermark"] == 0
     assert found["indexer_checkpoints_processed_total"] == 0
+    # Nothing committed: no timestamp, lag in seconds or commit time to show yet.
+    assert "indexer_watermark_timestamp_seconds" not in found
+    assert "indexer_lag_seconds" not in found
+    assert "indexer_last_commit_timestamp_seconds" not in found
+    assert found["indexer_pipeline_halted"] == 0

@@ -100,6 +100,9 @@ class RunConfig(_Section):
 class MetricsConfig(_Section):
     enabled: bool = True
     address: str = "127.0.0.1:9184"
+    #: ``/readyz`` answers 503 while a pipeline's newest committed checkpoint is older than
+    #: this many seconds (None: the age is not checked).
+    ready_max_lag_seconds: float | None = None
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -315,6 +318,11 @@ def _check(config: Config, origin: str) -> None:
             f"{origin}: progress.schema is for a postgresql:// store, not {str(spec)!r}"
         )
     parse_address(config.metrics.address, f"{origin}: metrics.address")
+    most = config.metrics.ready_max_lag_seconds
+    if most is not None and most <= 0:
+        raise ConfigurationError(
+            f"{origin}: metrics.ready_max_lag_seconds must be positive, got {most}"
+        )
     unknown = [p for p in config.run.pipelines if p not in config.pipelines]
     if unknown:
         known = ", ".join(config.pipelines) or "none"

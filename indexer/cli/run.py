@@ -87,7 +87,13 @@ def _run_here(
 
         host, port = config.metrics.host_port
         try:
-            server = serve_metrics(executor.job, host, port)
+            server = serve_metrics(
+                executor.job,
+                host,
+                port,
+                ready_max_lag_seconds=config.metrics.ready_max_lag_seconds,
+                status=lambda: _status(config),
+            )
         except OSError as exc:  # the address is the setting to change: exit code 2
             raise ConfigurationError(
                 f"cannot serve metrics on {config.metrics.address}: {exc.strerror or exc}"
@@ -112,6 +118,14 @@ def _run_here(
     return (
         f"processed {processed} checkpoints in {elapsed:.1f}s ({rate:,.0f}/s); watermarks: {marks}"
     )
+
+
+def _status(config: Config) -> dict[str, Any]:
+    """What ``indexer status --json`` prints for this run's config (``/status``): read on the
+    request's thread, on an event loop of its own, with its own store connection."""
+    from .status import status_report
+
+    return run_on(config.run.event_loop, status_report(config))
 
 
 async def _saved_watermarks(config: Config) -> dict[str, int]:

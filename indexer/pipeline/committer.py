@@ -21,7 +21,7 @@ from ..errors import AlreadyCommitted, ConfigurationError, FencingError, Pipelin
 from ..progress import ProgressStore, TransactionalProgressStore, base_store
 from ..reducer import Reducer
 from ..retry import STORE_WRITE_RETRY, RetryAbandoned, logged_retry, retry, sleep_unless_set
-from ..stats import PipelineStats
+from ..stats import CheckpointTimes, PipelineStats
 from .watermark import WatermarkTracker
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ class Committer:
         progress_interval: float,
         stopping: asyncio.Event,
         stats: PipelineStats,
+        times: CheckpointTimes | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.tracker = tracker
@@ -55,6 +56,8 @@ class Committer:
         #: When this run last raised the saved watermark (when it started, until it does).
         self.saved_at = time.time()
         self.stats = stats
+        #: The read checkpoints' timestamps, for the committed one's (``stats``).
+        self.times = times
         self.progress_interval = progress_interval
         self._stopping = stopping
         self._transactional = reducer is not None and reducer.uses_store_transaction(
@@ -203,7 +206,7 @@ class Committer:
 
             seconds = await self._retrying(commit, reducer.commit_retry, what, batch=True)
             self.saved = max(self.saved, upto)
-            self.saved_at = time.time()
+            self._raised()
         else:
             seconds = await self._retrying(
                 lambda: reducer.commit(batch), reducer.commit_retry, what, batch=True
@@ -223,10 +226,20 @@ class Committer:
 
         async def save() -> None:
             self.saved = await store.save(self.pipeline, watermark)
-            self.saved_at = time.time()
+            self._raised()
 
         await self._retrying(save, STORE_WRITE_RETRY, "watermark save", batch=False)
         self.tracker.release(watermark)
+
+    def _raised(self) -> None:
+        """The saved watermark rose: when, and the newest committed checkpoint's timestamp
+        (once per commit, not per checkpoint)."""
+        stats = self.stats
+        self.saved_at = stats.committed_at = time.time()
+        if self.times is not None:
+            stamp = self.times.at(self.saved - 1)
+            if stamp is not None:
+                stats.watermark_timestamp_ms = stamp
 
     async def _retrying(
         self,

@@ -17,7 +17,7 @@ from typing import Any
 from .._log import log
 from ..errors import ConfigurationError, PipelineHalted
 from ..progress import ProgressStore, TransactionalProgressStore, base_store
-from ..stats import PipelineStats
+from ..stats import CheckpointTimes, PipelineStats
 from ..worker import Worker
 from .committer import Committer
 from .failures import FailingCheckpoints
@@ -33,7 +33,8 @@ class PipelineRun:
     """The per-run state of one pipeline: window, processor, committer, stop events, error.
 
     ``start`` is the first checkpoint this run admits (its saved watermark); ``on_halt`` is
-    called once when the pipeline halts; ``stats`` receives its counters.
+    called once when the pipeline halts; ``stats`` receives its counters; ``times`` holds the
+    timestamps of the checkpoints the reader handed over (for the committed one's).
     """
 
     def __init__(
@@ -45,6 +46,7 @@ class PipelineRun:
         stats: PipelineStats,
         on_halt: Callable[[PipelineRun], None],
         timed: bool = True,
+        times: CheckpointTimes | None = None,
     ) -> None:
         reducer = pool.reducer
         if reducer is not None:
@@ -83,6 +85,7 @@ class PipelineRun:
             progress_interval=pool.progress_interval,
             stopping=self._stopping,
             stats=stats,
+            times=times,
         )
         tracker.on_blocked = committer.window_full
         self._push = committer.push

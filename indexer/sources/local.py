@@ -157,9 +157,12 @@ class LocalDirectorySource(CheckpointSource):
         return name not in self._warned_names and FEED_TEMP.fullmatch(name) is None
 
     def _list(self, missing: int) -> _Listing:
-        """List the feed: is ``missing`` there now, what follows it (odd names noted)."""
+        """List the feed: is ``missing`` there now, what follows it (odd names noted). The
+        newest number it saw is the feed's newest (``_latest``): probing forward from what
+        the reader read stops at a gap, which is what the reader lists for."""
         next_present: int | None = None
         has_missing = False
+        newest = -1
         names = self._names()
         if names is None:
             return _Listing(False, False, None)
@@ -170,10 +173,14 @@ class LocalDirectorySource(CheckpointSource):
                     self._odd_found.append(name)
                 continue
             n = int(match[1])
+            if n > newest:
+                newest = n
             if n == missing:
                 has_missing = True
             elif n > missing and (next_present is None or n < next_present):
                 next_present = n
+        if newest >= 0:
+            self._latest = newest
         return _Listing(True, has_missing, next_present)
 
     def _has_newer(self, n: int, full: bool) -> bool:
