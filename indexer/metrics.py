@@ -30,7 +30,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from . import __version__
-from .stats import Histogram, JobView, PipelineView
+from .stats import Histogram, JobView, PipelineStats, PipelineView
 
 __all__ = ["IndexerCollector", "readiness", "serve_metrics", "stop_metrics"]
 
@@ -51,12 +51,6 @@ _PER_PIPELINE: tuple[tuple[Any, str, str, Callable[[PipelineView], float]], ...]
     ),
     (
         CounterMetricFamily,
-        "indexer_retries",
-        "Failed process_checkpoint calls retried.",
-        lambda view: view.stats.retries,
-    ),
-    (
-        CounterMetricFamily,
         "indexer_dead_letters",
         "Checkpoints skipped after their attempts ran out.",
         lambda view: view.stats.dead_letters,
@@ -74,6 +68,17 @@ _PER_PIPELINE: tuple[tuple[Any, str, str, Callable[[PipelineView], float]], ...]
         lambda view: view.inflight,
     ),
 )
+
+
+def _retry_reasons(stats: PipelineStats) -> tuple[tuple[str, int], ...]:
+    """``indexer_retries_total``'s reasons and counts (every reason, zeros included)."""
+    return (
+        ("checkpoint", stats.retries),
+        ("commit", stats.commit_retries),
+        ("watermark", stats.store_retries),
+    )
+
+
 #: Histograms per pipeline: (name, help, the PipelineStats attribute).
 _HISTOGRAMS = (
     (
@@ -206,6 +211,17 @@ class IndexerCollector(Collector):
                 committed.add_metric([view.name], stats.committed_at)
             halted.add_metric([view.name], 0 if view.error is None else 1)
         yield from (stamped, lag_seconds, committed, halted)
+        retries = CounterMetricFamily(
+            "indexer_retries",
+            "Failures retried, by reason: checkpoint (a process_checkpoint call), commit (a "
+            "reducer commit), watermark (a progress-store write: watermark save, dead letter).",
+            labels=["pipeline", "reason"],
+        )
+        for view in views:
+            stats = view.stats
+            for reason, count in _retry_reasons(stats):
+                retries.add_metric([view.name, reason], count)
+        yield retries
         batches = CounterMetricFamily(
             "indexer_reducer_batches",
             "Reducer commits, by outcome.",

@@ -61,12 +61,14 @@ class PipelineStats:
         "batch_messages",
         "batches_committed",
         "batches_failed",
+        "commit_retries",
         "commit_seconds",
         "committed_at",
         "dead_letters",
         "processed",
         "processing_seconds",
         "retries",
+        "store_retries",
         "watermark_timestamp_ms",
     )
 
@@ -77,7 +79,12 @@ class PipelineStats:
         #: below), None until a run commits one whose timestamp it read.
         self.watermark_timestamp_ms: int | None = None
         self.processed = 0
+        #: Retries by reason (``indexer_retries_total{reason}``): failed process_checkpoint
+        #: calls retried ("checkpoint"), failed reducer commits retried ("commit"), failed
+        #: progress-store writes retried: watermark saves, dead letters ("watermark").
         self.retries = 0
+        self.commit_retries = 0
+        self.store_retries = 0
         self.dead_letters = 0
         self.batches_committed = 0
         self.batches_failed = 0

@@ -21,6 +21,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 import tomllib
 import urllib.request
 from pathlib import Path
@@ -399,6 +400,13 @@ def status_json(*args: Any) -> dict[str, Any]:
     return report
 
 
+def feed_lag_seconds(n: int) -> Any:
+    """What status says ``lag_seconds`` is when checkpoint ``n`` is the newest committed one:
+    now minus its ``timestamp_ms`` (within the test's run time)."""
+    stamp = SyntheticSource(seed=SEED).checkpoint_at(n).timestamp_ms
+    return pytest.approx(time.time() - stamp / 1000, abs=RUN_TIMEOUT)
+
+
 def test_status_json(tmp_path: Path, feed: Path) -> None:
     db = tmp_path / "index.db"
     write_store(db, {PIPELINE: 120, "retired": 400}, {PIPELINE: [17, 5]})
@@ -412,6 +420,7 @@ def test_status_json(tmp_path: Path, feed: Path) -> None:
                 "watermark": 120,
                 "feed_latest": FEED_COUNT - 1,
                 "lag": FEED_COUNT - 120,
+                "lag_seconds": feed_lag_seconds(119),
                 "dead_letters": [5, 17],
                 "stuck": None,
             },
@@ -420,6 +429,7 @@ def test_status_json(tmp_path: Path, feed: Path) -> None:
                 "watermark": 400,
                 "feed_latest": FEED_COUNT - 1,
                 "lag": 0,
+                "lag_seconds": None,  # checkpoint 399 is not in the feed
                 "dead_letters": [],
                 "stuck": None,
             },
@@ -437,6 +447,7 @@ def test_status_json_of_a_pipeline_without_watermark(tmp_path: Path, feed: Path)
             "watermark": None,
             "feed_latest": None,
             "lag": None,
+            "lag_seconds": None,
             "dead_letters": [],
             "stuck": None,
         }
@@ -449,7 +460,10 @@ def test_status_table(tmp_path: Path, feed: Path) -> None:
     result = cli("status", "--store", f"sqlite:{db}", "--feed", feed)
     assert result.exit_code == 0, result.output
     row = next(line for line in result.stdout.splitlines() if PIPELINE in line)
-    assert re.findall(r"\d+", row) == ["120", str(FEED_COUNT - 1), str(FEED_COUNT - 120), "0"]
+    numbers = re.findall(r"[\d.]+", row)
+    assert numbers[:3] == ["120", str(FEED_COUNT - 1), str(FEED_COUNT - 120)]
+    assert float(numbers[3]) == feed_lag_seconds(119)  # lag seconds
+    assert numbers[4:] == ["0"]
 
 
 def test_reset(tmp_path: Path, feed: Path) -> None:
@@ -659,7 +673,8 @@ def test_metrics_endpoint(tmp_path: Path, feed: Path) -> None:
             assert value(f"{histogram}_sum") > 0
         assert types["indexer_watermark"] == "gauge"
         assert 0 <= value("indexer_inflight_checkpoints") <= MAX_INFLIGHT  # the window's bound
-        assert value("indexer_retries_total") == 0
+        for reason in ("checkpoint", "commit", "watermark"):
+            assert value("indexer_retries_total", frozenset({*pipeline, ("reason", reason)})) == 0
         assert value("indexer_dead_letters_total") == 0
         committed = frozenset({*pipeline, ("outcome", "committed")})
         assert value("indexer_reducer_batches_total", committed) >= 1

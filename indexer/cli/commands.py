@@ -19,7 +19,7 @@ import click
 from .._dsn import mask_dsn
 from .._loop import run_on
 from .main import _fail, _load, config_option, configured, echo_result, handle_errors, store_option
-from .options import overrides, run_options
+from .options import option, overrides, run_options
 
 __all__ = ["config_group", "generate", "init", "reset", "status"]
 
@@ -27,13 +27,22 @@ __all__ = ["config_group", "generate", "init", "reset", "status"]
 # -- status and reset -------------------------------------------------------------------------
 
 
+claims_option = option("scale.claims")
+
+
 @click.command()
 @configured
+@claims_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def status(config_path: Path | None, feed: str | None, store: str | None, as_json: bool) -> None:
-    """Per pipeline: watermark, newest checkpoint in the feed, lag, dead letters; for a
-    scaled-out job also its chunks: done, owners and lease expiry."""
-    config = _load(config_path, **{"source.feed": feed, "progress.store": store})
+def status(
+    config_path: Path | None, feed: str | None, store: str | None, claims: str | None, as_json: bool
+) -> None:
+    """Per pipeline: watermark, newest checkpoint in the feed, lag (in checkpoints and
+    seconds), dead letters; for a scaled-out job also its chunks: done, owners and lease
+    expiry. A job run with --claims keeps its progress there: give status the same."""
+    config = _load(
+        config_path, **{"source.feed": feed, "progress.store": store, "scale.claims": claims}
+    )
     from .status import render_status, status_report
 
     report = mask_dsn(run_on(config.run.event_loop, status_report(config)))
@@ -46,6 +55,7 @@ def status(config_path: Path | None, feed: str | None, store: str | None, as_jso
 @click.command()
 @config_option
 @store_option
+@claims_option
 @click.option("--pipeline", required=True, help="The pipeline to reset (or drop).")
 @click.option(
     "--to",
@@ -67,6 +77,7 @@ def status(config_path: Path | None, feed: str | None, store: str | None, as_jso
 def reset(
     config_path: Path | None,
     store: str | None,
+    claims: str | None,
     pipeline: str,
     to: int | None,
     drop: bool,
@@ -78,7 +89,7 @@ def reset(
     Without --force, say what would be done."""
     if (to is None) == (not drop):
         raise click.UsageError("give either --to N or --drop")
-    config = _load(config_path, **{"progress.store": store})
+    config = _load(config_path, **{"progress.store": store, "scale.claims": claims})
     from .reset import reset_pipeline
 
     outcome = run_on(

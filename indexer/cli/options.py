@@ -3,7 +3,7 @@ the config key it overrides.
 
 ``config show`` and ``config check`` take the same options, so that they show and check what
 ``run`` would run with the same flags and environment; ``status`` and ``reset`` take the ones
-that name what they read (``option("progress.store")``).
+that name what they read (``option("progress.store")``, ``option("scale.claims")``).
 """
 
 from __future__ import annotations

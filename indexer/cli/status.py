@@ -1,6 +1,7 @@
 """What ``indexer status`` does: read a job's saved state.
 
-A status report holds, per pipeline, the watermark, the feed's newest checkpoint, the lag, the
+A status report holds, per pipeline, the watermark, the feed's newest checkpoint, the lag (in
+checkpoints, and in seconds: now minus the newest committed checkpoint's ``timestamp_ms``), the
 dead letters and the checkpoint holding the watermark back, if one keeps failing (the stall a
 run records: attempts, last error, where it was raised, time since the last commit); for a
 pipeline cut into chunks (scale-out) also its chunk layout and every chunk not yet done, with
@@ -9,12 +10,18 @@ its owner, lease expiry and saved progress.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from typing import Any
 
+import msgspec
+
+from ..checkpoint import CheckpointDecoder
 from ..claims import ChunkLayout, ChunkState, ClaimStore
+from ..errors import IndexerError
 from ..progress import Stall
+from ..sources import CheckpointSource, LocalDirectorySource
 from .build import build_source
 from .config import Config
 from .stores import build_claim_store, build_store
@@ -23,6 +30,15 @@ __all__ = ["render_status", "status_report"]
 
 #: Chunks listed per pipeline in the table (the JSON report lists all of them).
 SHOWN_CHUNKS = 20
+#: How long status waits to read the checkpoint below a watermark (for ``lag_seconds``).
+STAMP_READ_TIMEOUT = 5.0
+
+
+class _Stamp(msgspec.Struct):
+    """The fields of any checkpoint type that ``lag_seconds`` needs; the others are skipped."""
+
+    sequence_number: int
+    timestamp_ms: int | None = None
 
 
 def _claims(config: Config) -> ClaimStore | None:
@@ -38,6 +54,8 @@ async def status_report(config: Config, now: float | None = None) -> dict[str, A
     exists = config.progress.spec.exists()
     claims = _claims(config) if exists else None
     source = build_source(config)
+    if isinstance(source, LocalDirectorySource):
+        source.follow = False  # a look: a missing file is "unknown", not a wait for it
     now = time.time() if now is None else now
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(source.close)
@@ -59,6 +77,7 @@ async def status_report(config: Config, now: float | None = None) -> dict[str, A
                 "watermark": watermark,
                 "feed_latest": latest,
                 "lag": None if latest is None else max(0, latest + 1 - (watermark or 0)),
+                "lag_seconds": await _lag_seconds(source, watermark, latest, now),
                 "dead_letters": [d.sequence_number for d in dead],
                 "stuck": _stuck(stalls, watermark or 0, now),
             }
@@ -69,6 +88,38 @@ async def status_report(config: Config, now: float | None = None) -> dict[str, A
                 row["chunks"] = _chunk_report(layout, chunks, now)
             rows.append(row)
     return {"store": str(config.progress.spec), "store_exists": exists, "pipelines": rows}
+
+
+async def _lag_seconds(
+    source: CheckpointSource, watermark: int | None, latest: int | None, now: float
+) -> float | None:
+    """Now minus the ``timestamp_ms`` of the newest committed checkpoint (``watermark - 1``),
+    read from the feed; None when unknown: no watermark, the checkpoint not (or no longer) in
+    the feed, unreadable, or of a type without ``timestamp_ms``."""
+    if watermark is None or watermark < 1 or latest is None or watermark - 1 > latest:
+        return None
+    stamp = await _timestamp_ms(source, watermark - 1)
+    return None if stamp is None else round(max(0.0, now - stamp / 1000), 3)
+
+
+async def _timestamp_ms(source: CheckpointSource, n: int) -> int | None:
+    """The ``timestamp_ms`` of checkpoint ``n`` read through ``source``, or None."""
+    if isinstance(source, LocalDirectorySource) and not (source.path / f"{n}.chk").exists():
+        return None  # deleted below the watermark, or a gap: no read, no warning
+    batches = source.stream_to(n, n, CheckpointDecoder(_Stamp))
+    try:
+        async with asyncio.timeout(STAMP_READ_TIMEOUT):
+            async for batch in batches:
+                for checkpoint, _ in batch:
+                    if checkpoint.sequence_number == n:
+                        return checkpoint.timestamp_ms
+    except (IndexerError, OSError, TimeoutError):
+        return None
+    finally:
+        close = getattr(batches, "aclose", None)  # an async generator: end it now
+        if close is not None:
+            await close()
+    return None
 
 
 def _stuck(stalls: list[Stall], watermark: int, now: float) -> dict[str, Any] | None:
@@ -125,7 +176,7 @@ def render_status(report: dict[str, Any]) -> None:
     missing = "" if report["store_exists"] else " (does not exist yet)"
     table = Table(title=f"progress store {report['store']}{missing}")
     chunked = [row for row in report["pipelines"] if "chunks" in row]
-    columns = ["pipeline", "watermark", "feed latest", "lag", "dead letters"]
+    columns = ["pipeline", "watermark", "feed latest", "lag", "lag seconds", "dead letters"]
     columns += ["chunks done", "held"] if chunked else []
     for column in columns:
         table.add_column(column, justify="left" if column == "pipeline" else "right")
@@ -136,6 +187,7 @@ def render_status(report: dict[str, Any]) -> None:
             _cell(row["watermark"]),
             _cell(row["feed_latest"]),
             _cell(row["lag"]),
+            "-" if row["lag_seconds"] is None else f"{row['lag_seconds']:.1f}",
             str(len(dead)) + (f" ({', '.join(map(str, dead[:5]))}…)" if dead else ""),
         ]
         if chunked:

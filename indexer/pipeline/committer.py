@@ -266,6 +266,9 @@ class Committer:
             attempts = attempt
             if batch:
                 self.stats.batches_failed += 1
+                self.stats.commit_retries += 1
+            else:
+                self.stats.store_retries += 1
             seconds = round(time.perf_counter() - started, 3)
             logged_retry(f"{what} failed, retrying", pipeline=self.pipeline, seconds=seconds)(
                 attempt, exc, delay

@@ -318,9 +318,14 @@ class Processor:
     async def _record_dead_letter(self, sequence_number: int, error: str) -> bool:
         """Write the dead letter, retrying a failing store until it is written (True) or the
         pipeline stops (False)."""
-        failed = logged_retry(
+        logged = logged_retry(
             "dead letter not recorded, retrying", pipeline=self.pipeline, checkpoint=sequence_number
         )
+
+        def failed(attempt: int, exc: Exception, delay: float) -> None:
+            self.stats.store_retries += 1
+            logged(attempt, exc, delay)
+
         try:
             await retry(
                 lambda: self._dead_letter(sequence_number, error),
