@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -243,3 +244,22 @@ def kill_leftovers() -> None:
     """Kill every program a test started and left running."""
     while _started:
         _started.pop().kill()
+
+
+def promtool() -> str:
+    """The ``promtool`` binary (Debian package prometheus): a test that needs it skips without
+    it, and fails in CI, which installs it."""
+    path = shutil.which("promtool")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is not installed (Debian: apt-get install prometheus)")
+        pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
+    return path
+
+
+def check_metrics_with_promtool(text: str) -> None:
+    """``promtool check metrics`` passes on an exposition ``text``."""
+    check = subprocess.run(
+        [promtool(), "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
+    assert check.returncode == 0, check.stdout + check.stderr

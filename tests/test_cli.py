@@ -30,7 +30,13 @@ from typing import Any
 import pytest
 import tomli_w
 from click.testing import CliRunner, Result
-from harness import Background, parse_events, run_indexer, saved_watermark
+from harness import (
+    Background,
+    check_metrics_with_promtool,
+    parse_events,
+    run_indexer,
+    saved_watermark,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 import indexer
@@ -692,19 +698,7 @@ def test_metrics_endpoint(tmp_path: Path, feed: Path) -> None:
     assert read_watermark(db) == watermark
     assert read_rows(db) == expected_rows(watermark)
 
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is not installed (Debian: apt-get install prometheus)")
-        pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
-    check = subprocess.run(
-        [promtool, "check", "metrics"],
-        input=texts[-1],
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-    )
-    assert check.returncode == 0, check.stdout + check.stderr
+    check_metrics_with_promtool(texts[-1])
 
 
 def test_bad_config_through_the_binary(tmp_path: Path) -> None:

@@ -10,12 +10,9 @@ real HTTP, waiting for conditions with a deadline.
 from __future__ import annotations
 
 import json
-import os
 import platform
-import shutil
 import signal
 import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -24,7 +21,7 @@ from typing import Any
 
 import pytest
 import tomli_w
-from harness import TIMEOUT, Background, run_indexer
+from harness import TIMEOUT, Background, check_metrics_with_promtool, run_indexer
 from prometheus_client.parser import text_string_to_metric_families
 
 import indexer
@@ -118,18 +115,6 @@ def caught_up(port: int, pipeline: str, watermark: int) -> Samples | None:
     return scraped[1]
 
 
-def promtool_check(text: str) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is not installed (Debian: apt-get install prometheus)")
-        pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
-    check = subprocess.run(
-        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
-    )
-    assert check.returncode == 0, check.stdout + check.stderr
-
-
 def test_a_run_caught_up_is_healthy_ready_and_says_how_old_its_newest_checkpoint_is(
     tmp_path: Path,
 ) -> None:
@@ -158,7 +143,7 @@ def test_a_run_caught_up_is_healthy_ready_and_says_how_old_its_newest_checkpoint
     assert started <= samples["indexer_last_commit_timestamp_seconds", of("p")] <= after
     assert samples["indexer_pipeline_halted", of("p")] == 0
     assert samples["indexer_lag_checkpoints", of("p")] == 0
-    promtool_check(text)
+    check_metrics_with_promtool(text)
 
     # /status is what ``indexer status --json`` says of the same config (its lag in seconds
     # taken a moment later: checkpoint 39's age, read from the feed, when each was asked).

@@ -4,12 +4,9 @@ progress-store write: the watermark save), and the scrape passes ``promtool chec
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from typing import Any
 
-import pytest
+from harness import check_metrics_with_promtool
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -96,16 +93,4 @@ async def test_retries_are_counted_by_reason() -> None:
         ("quiet", "checkpoint"): 0,
         ("quiet", "commit"): 0,
     }
-    check_with_promtool(text)
-
-
-def check_with_promtool(text: str) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is not installed (Debian: apt-get install prometheus)")
-        pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
-    check = subprocess.run(
-        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
-    )
-    assert check.returncode == 0, check.stdout + check.stderr
+    check_metrics_with_promtool(text)
