@@ -330,11 +330,16 @@ class IndexerExecutor:
 
 
 async def poll_feed(source: CheckpointSource, feed: FeedStats, interval: float) -> None:
-    """Track the feed's newest checkpoint in ``feed`` (for lag) every ``interval`` seconds, and
-    log when the reader catches up; runs until cancelled."""
+    """Track the feed's newest checkpoint in ``feed`` (for lag) and whether it can be read
+    (for ``/readyz``) every ``interval`` seconds, and log when the reader catches up; runs
+    until cancelled."""
     caught_up = False
     while True:
-        latest = await source.latest_sequence_number()
+        try:
+            latest = await source.latest_sequence_number()
+            feed.problem = await source.unreadable()
+        except Exception as exc:  # the reader meets it too, and says so
+            latest, feed.problem = None, str(exc) or repr(exc)
         if latest is not None:
             feed.latest = max(latest, feed.latest or 0)
         behind = feed.latest is not None and (feed.last_read or -1) < feed.latest

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -246,15 +247,27 @@ def kill_leftovers() -> None:
         _started.pop().kill()
 
 
-def promtool() -> str:
-    """The ``promtool`` binary (Debian package prometheus): a test that needs it skips without
-    it, and fails in CI, which installs it."""
-    path = shutil.which("promtool")
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def prometheus_binary(name: str) -> str:
+    """A binary of the Debian package prometheus (``promtool``, ``prometheus``): a test that
+    needs it skips without it, and fails in CI, which installs it."""
+    path = shutil.which(name)
     if path is None:
         if os.environ.get("CI"):
-            pytest.fail("promtool is not installed (Debian: apt-get install prometheus)")
-        pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
+            pytest.fail(f"{name} is not installed (Debian: apt-get install prometheus)")
+        pytest.skip(f"{name} is not installed (Debian: apt-get install prometheus)")
     return path
+
+
+def promtool() -> str:
+    """The ``promtool`` binary (``prometheus_binary``)."""
+    return prometheus_binary("promtool")
 
 
 def check_metrics_with_promtool(text: str) -> None:

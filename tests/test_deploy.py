@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from harness import Background, promtool, run_indexer
+from harness import Background, free_port, promtool, run_indexer
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -24,12 +23,6 @@ DEPLOYMENT = DEPLOY / "kubernetes" / "deployment.yaml"
 CONFIGMAP = DEPLOY / "kubernetes" / "configmap.yaml"
 METRIC = re.compile(r"\bindexer_[a-z_]+\b")
 FEED_SIZE = 300
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def get(port: int, path: str) -> str | None:

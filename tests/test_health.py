@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import platform
 import signal
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -21,7 +20,7 @@ from typing import Any
 
 import pytest
 import tomli_w
-from harness import TIMEOUT, Background, check_metrics_with_promtool, run_indexer
+from harness import TIMEOUT, Background, check_metrics_with_promtool, free_port, run_indexer
 from prometheus_client.parser import text_string_to_metric_families
 
 import indexer
@@ -34,12 +33,6 @@ from indexer.sources.feed_writer import write_checkpoint_file
 FAST = {"initial": 0.05, "max_delay": 0.1}
 #: What ``indexer generate`` stamps checkpoint 0 with (then 250 ms apart, +-100 ms).
 GENERATED_EPOCH = SyntheticSource().start_timestamp_ms / 1000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def get(port: int, path: str) -> tuple[int, bytes] | None:
@@ -187,6 +180,32 @@ def test_readyz_says_a_pipeline_lags_when_its_newest_checkpoint_is_too_old(
     assert reason["lag_seconds"] == pytest.approx(time.time() - stamp, abs=60)
     assert json.loads(answered[1])["ready"] is False
     assert get(port, "/healthz") == (200, b"ok\n")  # alive, only not ready
+    assert run.stop(signal.SIGTERM) == 0, run.describe()
+
+
+def test_readyz_says_when_the_feed_cannot_be_read(tmp_path: Path) -> None:
+    """A live run whose feed directory is not there yet waits for it, alive but not ready;
+    once the directory appears it reads it and is ready."""
+    port = free_port()
+    feed = tmp_path / "feed"
+    config = write_config(tmp_path, feed, port, {"p": counting()})
+    run = Background.indexer("run", "-c", config, cwd=tmp_path)
+
+    def not_ready() -> dict[str, Any] | None:
+        answered = get(port, "/readyz")
+        return json.loads(answered[1]) if answered is not None and answered[0] == 503 else None
+
+    body = run.wait_until("/readyz says the feed is missing", not_ready)
+    assert body == {
+        "ready": False,
+        "reasons": [
+            {"reason": "feed unreadable", "error": f"feed directory {feed} does not exist"}
+        ],
+    }
+    assert get(port, "/healthz") == (200, b"ok\n")
+    write_feed(feed, range(5), lambda n: int(time.time() * 1000))
+    run.wait_until("/readyz ready", lambda: get(port, "/readyz") == (200, b'{"ready": true}\n'))
+    run.wait_until("watermark 5 on /metrics", lambda: caught_up(port, "p", 5))
     assert run.stop(signal.SIGTERM) == 0, run.describe()
 
 

@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sqlite3
 import sys
 import time
@@ -144,7 +143,8 @@ def test_processes_share_the_job_and_write_each_row_once(feed: Path, tmp_path: P
     assert process.finish(60) == 0, process.describe()
     events = process.events()  # every line of both processes parses: one write per line
     assert [e["event"] for e in events].count("chunk done") == 6, process.describe()
-    assert "2 processes done" in process.stdout_text and "txs=600" in process.stdout_text
+    assert process.stdout_text.startswith("processed 600 checkpoints in "), process.describe()
+    assert "by 2 processes; watermarks: txs=600" in process.stdout_text, process.describe()
     if sys.platform == "linux":  # nothing runs a thread before the children start: forked
         (started,) = [e for e in events if e["event"] == "started worker processes"]
         assert started["start_method"] == "fork" and len(started["pids"]) == 1
@@ -236,33 +236,15 @@ def test_sighup_stops_the_job_like_sigterm(feed: Path, tmp_path: Path) -> None:
 def test_a_child_that_fails_at_start_up_stops_the_command_at_once(
     feed: Path, tmp_path: Path
 ) -> None:
-    """The child's metrics port is taken: the command exits 2 with that child's error, and
-    the parent did none of the work alone."""
+    """The child's worker refuses to start: the command exits 2 with that child's error,
+    and the parent did none of the work alone."""
     db, config = sqlite_job(tmp_path, feed, delay=0.0)
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        busy = taken.getsockname()[1]
-        parent_port = busy - 1  # the child serves on the parent's port + 1
-        process = Background.indexer(
-            "run",
-            "-c",
-            config,
-            "--last-checkpoint",
-            COUNT - 1,
-            "--processes",
-            2,
-            "--metrics-address",
-            f"127.0.0.1:{parent_port}",
-            "--log-format",
-            "json",
-        )
-        assert process.finish() == 2, process.describe()
+    process = start(config, "--processes", "2", env={"SLOW_WORKER_REFUSE_IN_PROCESS": "1"})
+    assert process.finish() == 2, process.describe()
     errors = [line for line in process.stderr if line.startswith("indexer: error: ")]
-    assert errors == [
-        f"indexer: error: cannot serve metrics on 127.0.0.1:{busy}: Address already in use"
-    ], process.stderr
-    assert not db.exists() or sqlite_digests_or_none(db) in (None, [])
+    assert len(errors) == 1, process.stderr
+    assert errors[0].endswith("refused to start in worker process 1"), errors
+    assert sqlite_digests_or_none(db) is None, "the parent started working alone"
 
 
 def sqlite_digests_or_none(db: Path) -> list[str] | None:
@@ -287,7 +269,7 @@ def test_children_are_spawned_where_forking_is_unsafe(
         "scale.claims": f"sqlite:{db}",
     }
     config = load_config(path, overrides)
-    failed = run_processes(config, 2, lambda forward: None, run_child, method="spawn")
+    failed = run_processes(config, 2, lambda forward, snapshots: None, run_child, method="spawn")
     assert failed == 0
     assert sqlite_digests(db, "rows") == expected_digests()
 

@@ -33,6 +33,7 @@ from ..progress import ProgressStore
 from ..retry import sleep_unless_set
 from ..sources import CheckpointSource
 from ..stats import JobView
+from .job_watermark import JobWatermarkWatcher, job_watermark
 from .progress import ChunkProgressStore
 
 __all__ = ["ChunkedRunner", "check_chunking"]
@@ -73,6 +74,13 @@ class ChunkedRunner:
         check_chunking(chunk_size, lease_ttl)
         if not pools:
             raise ConfigurationError("no pipelines to run")
+        for pool in pools:  # a chunk's run knows its chunk, not the pipeline's watermark
+            if pool.retention is not None:
+                raise ConfigurationError(
+                    "cannot be used with scale-out (chunks)",
+                    key="retention",
+                    where=f"pipeline {pool.name!r}",
+                )
         self.progress_store = progress_store
         self.claims = claims
         self.pools = pools
@@ -116,6 +124,7 @@ class ChunkedRunner:
         check_range(first, last)
         self.job.loop = asyncio.get_running_loop()
         poller: asyncio.Task[None] | None = None
+        watching: asyncio.Task[None] | None = None
         await self.progress_store.open()
         await self.claims.open()
         try:
@@ -123,6 +132,9 @@ class ChunkedRunner:
             for pool in self.pools:
                 await check_no_whole_writer(self.claims, pool.name)
             poller = asyncio.create_task(self._poll_feed(), name="feed")
+            watcher = JobWatermarkWatcher(self.claims, self.progress_store, self.job, layouts, last)
+            await watcher.refresh()  # the job's watermark is shown from the start
+            watching = asyncio.create_task(watcher.run(), name="job-watermark")
             with self._signals.handling(self.handle_signals), tuned_gc(self.tune_gc):
                 while not self._stop.is_set():
                     progressed = False
@@ -143,9 +155,10 @@ class ChunkedRunner:
                 raise ShutdownAborted("aborted by a second stop signal") from None
             raise
         finally:
-            if poller is not None:
-                poller.cancel()
-                await asyncio.gather(poller, return_exceptions=True)
+            for task in (poller, watching):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             if self._shared_source is not None:
                 source, self._shared_source = self._shared_source, None
                 await source.close()
@@ -292,7 +305,12 @@ class ChunkedRunner:
             lost.set()
             executor.request_stop()
 
-        await keep_alive(self.claims, claim, self.lease_ttl, abandon)
+        stats = self.job.pipeline(claim.pipeline).stats
+
+        def failed() -> None:
+            stats.lease_renewal_failures += 1
+
+        await keep_alive(self.claims, claim, self.lease_ttl, abandon, on_failure=failed)
 
     async def _say_when_waiting(self, pipeline: str, chunk: int, floor: int, end: int) -> None:
         """Log once when the chunk has committed all the feed holds of it and waits for
@@ -343,20 +361,14 @@ class ChunkedRunner:
         return True
 
     async def _watermark(self, pipeline: str, layout: ChunkLayout, last: int | None) -> int:
-        """The contiguous prefix of completed work: every done chunk from the first on, then
-        the saved progress of the first chunk not done (or the pipeline's own watermark when
-        that is higher, as after a run without chunks)."""
-        prefix = await self.claims.completed_prefix(pipeline)
-        watermark = layout.bounds(prefix)[0]
-        progress = await self.claims.progress(pipeline, prefix)
-        if progress is not None:
-            watermark = max(watermark, progress)
-        if last is not None:
-            watermark = min(watermark, last + 1)
-        return max(watermark, await self.progress_store.load(pipeline) or 0)
+        return await job_watermark(self.claims, self.progress_store, pipeline, layout, last)
 
     async def _update_watermark(self, pipeline: str, layout: ChunkLayout, last: int | None) -> int:
         """Raise the pipeline's saved watermark to its contiguous completed prefix."""
-        return await self.progress_store.save(
+        saved = await self.progress_store.save(
             pipeline, await self._watermark(pipeline, layout, last)
         )
+        view = self.job.pipeline(pipeline)
+        view.job_watermark = max(saved, view.job_watermark or 0)
+        JobWatermarkWatcher.stamp(view)
+        return saved

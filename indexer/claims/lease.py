@@ -123,14 +123,19 @@ def _held(pipeline: str, holders: list[ChunkState], now: float) -> str:
 
 
 async def keep_alive(
-    claims: ClaimStore, claim: Claim, ttl: float, on_lost: Callable[[str], None]
+    claims: ClaimStore,
+    claim: Claim,
+    ttl: float,
+    on_lost: Callable[[str], None],
+    on_failure: Callable[[], None] | None = None,
 ) -> None:
     """Renew ``claim`` every ``heartbeat_of(ttl)`` seconds until cancelled; when it is lost
     (taken, released) or ``MAX_RENEWAL_FAILURES`` renewals fail in a row, call
     ``on_lost(reason)`` once and return. A renewal the database could not take because
     another process held it locked (``StoreBusy``) is tried again without counting: while the
     lock is held no one can take the lease either, and a lease that ran out meanwhile is
-    renewed if nobody took it since."""
+    renewed if nobody took it since. ``on_failure()`` is called for each renewal that
+    failed (for ``indexer_lease_renewal_failures_total``)."""
     heartbeat = heartbeat_of(ttl)
     policy = RetryPolicy(
         initial=heartbeat,
@@ -139,9 +144,14 @@ async def keep_alive(
         jitter=0,
         max_attempts=MAX_RENEWAL_FAILURES,
     )
-    failed = logged_retry(
+    logged = logged_retry(
         "lease renewal failed, retrying", pipeline=claim.pipeline, chunk=claim.chunk
     )
+
+    def failed(attempt: int, exc: Exception, delay: float) -> None:
+        if on_failure is not None:
+            on_failure()
+        logged(attempt, exc, delay)
 
     async def extend() -> Claim:
         while True:
@@ -168,6 +178,8 @@ async def keep_alive(
         except FencingError as exc:
             reason = str(exc)
         except Exception as exc:
+            if on_failure is not None:
+                on_failure()
             reason = f"{MAX_RENEWAL_FAILURES} renewals failed in a row, the last: {exc!r}"
         log.warning("lease lost", pipeline=claim.pipeline, chunk=claim.chunk, reason=reason)
         on_lost(reason)

@@ -6,6 +6,7 @@ import importlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from .._dsn import mask_dsn
@@ -20,7 +21,11 @@ class LineWriter:
     """A structlog logger that writes each line with one ``write(2)``: processes sharing the
     stream (``--processes N``) never interleave parts of lines, as two writes per line (the
     line, then its newline) did. A closed stream (a reader gone: ``indexer run | head``) is
-    ignored: logging never breaks or blocks a shutdown."""
+    ignored: logging never breaks or blocks a shutdown. While ``divert`` is set (live progress
+    bars on the terminal), lines go to it instead, to be printed above the bars."""
+
+    #: Where every writer's lines go instead of their stream, when set.
+    divert: Callable[[str], None] | None = None
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
@@ -30,6 +35,10 @@ class LineWriter:
             self._fd = None  # an in-memory stream (tests): one write call is enough
 
     def msg(self, message: str) -> None:
+        divert = LineWriter.divert
+        if divert is not None:
+            divert(message)
+            return
         line = f"{message}\n"
         try:
             if self._fd is None:

@@ -240,6 +240,7 @@ class Committer:
             stamp = self.times.at(self.saved - 1)
             if stamp is not None:
                 stats.watermark_timestamp_ms = stamp
+                stats.recent_stamps.append((self.saved, stamp))
 
     async def _retrying(
         self,

@@ -33,6 +33,11 @@ if TYPE_CHECKING:
 _NO_COMPLETION: Any = object()
 _STOP = (-1, None)
 
+#: The queue-wait histogram times one checkpoint in this many (a power of two), so as to cost
+#: next to nothing per checkpoint.
+QUEUE_WAIT_SAMPLE = 16
+_SAMPLE_MASK = QUEUE_WAIT_SAMPLE - 1
+
 
 class ReadyQueue:
     """Checkpoints waiting for a free task, lowest sequence number first, and the tasks waiting
@@ -44,13 +49,16 @@ class ReadyQueue:
     twice the Python calls per item, which shows at half a million checkpoints a second.
     """
 
-    __slots__ = ("_back", "_fresh", "_idle", "_spread_pending")
+    __slots__ = ("_back", "_fresh", "_idle", "_spread_pending", "enqueued_at")
 
     def __init__(self) -> None:
         self._fresh: deque[tuple[int, Any]] = deque()
         self._back: list[tuple[int, Any]] = []
         self._idle: deque[asyncio.Future[None]] = deque()
         self._spread_pending = False
+        #: When each sampled checkpoint (a multiple of ``QUEUE_WAIT_SAMPLE``) was queued, for
+        #: the queue-wait histogram; None when nobody times the pipeline.
+        self.enqueued_at: dict[int, float] | None = None
 
     def __len__(self) -> int:
         return len(self._fresh) + len(self._back)
@@ -58,6 +66,9 @@ class ReadyQueue:
     def put(self, item: tuple[int, Any]) -> None:
         """Queue a new checkpoint: higher than every one ``put`` before it."""
         self._fresh.append(item)
+        enqueued_at = self.enqueued_at
+        if enqueued_at is not None and not item[0] & _SAMPLE_MASK:
+            enqueued_at[item[0]] = time.perf_counter()
         if self._idle:
             self._wake_one()
 
@@ -68,6 +79,11 @@ class ReadyQueue:
         worker that never suspends takes the whole run itself, and waking a task per item
         would have the rest find the queue empty and go back to waiting."""
         self._fresh.extend(items)
+        enqueued_at = self.enqueued_at
+        if enqueued_at is not None:
+            now = time.perf_counter()
+            for index in range(-items[0][0] & _SAMPLE_MASK, len(items), QUEUE_WAIT_SAMPLE):
+                enqueued_at[items[index][0]] = now
         if self._idle:
             self._wake_one()
             if len(items) > 1 and self._idle and not self._spread_pending:
@@ -111,6 +127,8 @@ class ReadyQueue:
     def clear(self) -> None:
         self._fresh.clear()
         self._back.clear()
+        if self.enqueued_at is not None:
+            self.enqueued_at.clear()
 
     def _wake_one(self) -> None:
         idle = self._idle
@@ -155,6 +173,8 @@ class Processor:
         self.failing = failing if failing is not None else FailingCheckpoints()
         #: Where checkpoints wait for a free task; the pipeline puts them here.
         self.queue = ReadyQueue()
+        if timed:
+            self.queue.enqueued_at = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -194,6 +214,8 @@ class Processor:
         complete = self._on_complete
         histogram = self.stats.processing_seconds
         counts, bounds = histogram.counts, histogram.bounds
+        observe_wait = self.stats.queue_wait_seconds.observe
+        enqueued_at = self.queue.enqueued_at
         clock = time.perf_counter
         timed = self.timed
         try:
@@ -204,6 +226,10 @@ class Processor:
                 try:
                     if timed:  # Histogram.observe, inlined: this runs once per checkpoint
                         started = clock()
+                        if not sequence_number & _SAMPLE_MASK and enqueued_at:
+                            queued = enqueued_at.pop(sequence_number, None)
+                            if queued is not None:
+                                observe_wait(started - queued)
                         message = await process(checkpoint)
                         elapsed = clock() - started
                         counts[bisect_left(bounds, elapsed)] += 1

@@ -37,6 +37,11 @@ class CheckpointSource(ABC):
         """The newest checkpoint the feed holds, or None when unknown (for lag and status)."""
         return None
 
+    async def unreadable(self) -> str | None:
+        """Why the feed cannot be read now (a missing directory, requests failing), for
+        ``/readyz``; None when it can be, or when the source cannot tell."""
+        return None
+
     async def prune(self, below: int) -> None:  # noqa: B027 - optional hook
         """Called when every pipeline's watermark is at least ``below``; may free data below it."""
 

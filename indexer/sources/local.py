@@ -366,6 +366,17 @@ class LocalDirectorySource(CheckpointSource):
         """The largest ``{n}.chk`` in the directory, or None when it holds none (or is missing)."""
         return await self._in_thread(self._latest_number)
 
+    async def unreadable(self) -> str | None:
+        """Why the feed directory cannot be read now: it is missing or not readable."""
+        return await self._in_thread(self._unreadable)
+
+    def _unreadable(self) -> str | None:
+        if not self.path.is_dir():
+            return f"feed directory {self.path} does not exist"
+        if not os.access(self.path, os.R_OK | os.X_OK):
+            return f"feed directory {self.path} is not readable"
+        return None
+
     async def prune(self, below: int) -> None:
         """Delete the files numbered below ``below`` when ``delete_below_watermark`` is set.
 

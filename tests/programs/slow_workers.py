@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from indexer import Checkpoint
+from indexer.errors import ConfigurationError
 from reducers import PostgresSink, SqliteSink
 from workers import TransactionExtractor, TransactionRow
 
+#: A worker process of ``--processes`` whose index is this refuses to start (exit 2).
+REFUSE_IN_PROCESS = "SLOW_WORKER_REFUSE_IN_PROCESS"
 #: With ``HOLD_WHILE`` (a file's path): checkpoints from this number on wait while it exists.
 HOLD_FROM = "SLOW_WORKER_HOLD_FROM"
 HOLD_WHILE = "SLOW_WORKER_HOLD_WHILE"
@@ -26,9 +29,14 @@ class SlowTransactionExtractor(TransactionExtractor):
 
     In a process started with ``SLOW_WORKER_HOLD_FROM=N`` and ``SLOW_WORKER_HOLD_WHILE=PATH``
     in its environment, checkpoint N and later ones wait while PATH exists, after creating
-    ``PATH.reached``: a test can stop one process of a job at a known place and no other."""
+    ``PATH.reached``: a test can stop one process of a job at a known place and no other.
+    In the process of ``INDEXER_PROCESS_INDEX`` N, ``SLOW_WORKER_REFUSE_IN_PROCESS=N`` makes
+    it refuse to start (a configuration error) as that process builds its pipeline."""
 
     def __init__(self, delay: float = 0.002) -> None:
+        refuse = os.environ.get(REFUSE_IN_PROCESS)
+        if refuse is not None and refuse == os.environ.get("INDEXER_PROCESS_INDEX"):
+            raise ConfigurationError(f"refused to start in worker process {refuse}")
         self.delay = delay
         hold = os.environ.get(HOLD_WHILE)
         self.hold = Path(hold) if hold else None
