@@ -81,6 +81,20 @@ class Reducer(Generic[MessageT]):
         """Write ``batch`` with the store's ``connection``; do not commit or roll back."""
         raise NotImplementedError(f"{type(self).__name__} must implement commit_in_transaction")
 
+    def enable_pruning(self) -> None:
+        """Get ready for ``prune`` (a pipeline with a ``retention`` calls this when it is
+        built); raise ConfigurationError when this reducer cannot prune: by default, unless
+        its class implements ``prune``."""
+        if type(self).prune is Reducer.prune:
+            raise ConfigurationError(f"{type(self).__name__} cannot prune its rows")
+
+    async def prune(self, below: int, store: Any) -> int:
+        """Delete what was committed for checkpoints below ``below`` (a pipeline's retention)
+        in bounded chunks, each short, so that commits never wait long; return how many rows
+        went. ``store`` is the progress store (a sink sharing its database prunes there). A
+        prune cut short by a failure or a kill is called again: delete what is left."""
+        raise NotImplementedError(f"{type(self).__name__} cannot prune its rows")
+
     def validate(self) -> None:
         """Raise ConfigurationError for limits that make no sense."""
         name = type(self).__name__

@@ -26,7 +26,9 @@ class PostgresSink(PostgresDatabaseSink[Sequence[Row]]):
     each batch is written in the store's transaction with the watermark (exactly-once);
     otherwise the sink uses its own pool, one transaction per batch (at-least-once).
     ``checkpoint_column`` (when ``columns`` has it) holds each row's checkpoint, so that
-    ``indexer reset --delete-rows`` can delete what a re-index writes again.
+    ``indexer reset --delete-rows`` can delete what a re-index writes again, and a pipeline's
+    ``retention`` prune the rows of old checkpoints (in chunks of ``prune_chunk_size`` rows,
+    the column then indexed).
     """
 
     def __init__(
@@ -114,6 +116,19 @@ class PostgresSink(PostgresDatabaseSink[Sequence[Row]]):
         )
         return int(status.split()[-1])  # "DELETE 42"
 
+    async def delete_below(self, conn: asyncpg.Connection, checkpoint: int, limit: int) -> int:
+        """Delete at most ``limit`` rows of checkpoints below ``checkpoint`` (none if no
+        table yet)."""
+        if self.checkpoint_column is None:
+            return await super().delete_below(conn, checkpoint, limit)
+        if await conn.fetchval("SELECT to_regclass($1)", self._qualified) is None:
+            return 0
+        rows = f'SELECT ctid FROM {self._qualified} WHERE "{self.checkpoint_column}" < $1 LIMIT $2'
+        status = await conn.execute(
+            f"DELETE FROM {self._qualified} WHERE ctid = ANY(ARRAY({rows}))", checkpoint, limit
+        )
+        return int(status.split()[-1])
+
     async def _create_table(self, conn: asyncpg.Connection) -> None:
         """Create the schema, table and key index when missing (checked first, so a role
         without CREATE can write to existing tables)."""
@@ -124,6 +139,12 @@ class PostgresSink(PostgresDatabaseSink[Sequence[Row]]):
             indexes[f"{quote_ident(self.schema)}.{quote_ident(self._index)}"] = (
                 f"CREATE UNIQUE INDEX IF NOT EXISTS {quote_ident(self._index)} "
                 f"ON {self._qualified} ({keys})"
+            )
+        if self.prunes:  # retention deletes by checkpoint, a chunk at a time
+            index = f"{self.table}_cp"
+            indexes[f"{quote_ident(self.schema)}.{quote_ident(index)}"] = (
+                f"CREATE INDEX IF NOT EXISTS {quote_ident(index)} "
+                f'ON {self._qualified} ("{self.checkpoint_column}")'
             )
         if await create_missing(conn, self.schema, {self._qualified: cols}, indexes):
             self._ready = True  # seen before this transaction wrote anything: committed

@@ -22,7 +22,9 @@ class SqliteSink(SqliteDatabaseSink[Sequence[Row]]):
     tuples in column order or mappings by column name. With ``key`` (column names) rows are
     upserted, so replays are idempotent. ``checkpoint_column`` (when ``columns`` has it) holds
     each row's checkpoint, so that ``indexer reset --delete-rows`` can delete what a re-index
-    writes again. When ``path`` is None or names the progress store's
+    writes again, and a pipeline's ``retention`` prune the rows of old checkpoints (in chunks
+    of ``prune_chunk_size`` rows, the column then indexed). When ``path`` is None or names the
+    progress store's
     own SQLite file, each batch is written in the store's transaction together with the
     watermark (exactly-once); otherwise the sink keeps its own connection (at-least-once).
     """
@@ -68,6 +70,11 @@ class SqliteSink(SqliteDatabaseSink[Sequence[Row]]):
                 f"CREATE UNIQUE INDEX IF NOT EXISTS {self.table}_key "
                 f"ON {self.table} ({', '.join(self.key)})"
             )
+        if self.prunes:
+            statements.append(
+                f"CREATE INDEX IF NOT EXISTS {self.table}_cp ON {self.table} "
+                f"({self.checkpoint_column})"
+            )
         return statements
 
     def _rows(self, batch: Iterable[Sequence[Row]]) -> list[Sequence[Any]]:
@@ -108,9 +115,33 @@ class SqliteSink(SqliteDatabaseSink[Sequence[Row]]):
         delete = f"DELETE FROM {self.table} WHERE {self.checkpoint_column} >= ?"
 
         def run(db: sqlite3.Connection) -> int:
-            exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
-            if db.execute(exists, (self.table,)).fetchone() is None:
+            if not _exists(db, self.table):
                 return 0
             return db.execute(delete, (checkpoint,)).rowcount
 
         return await on_thread(connection, run)
+
+    async def delete_below(
+        self, connection: aiosqlite.Connection, checkpoint: int, limit: int
+    ) -> int:
+        """Delete at most ``limit`` rows of checkpoints below ``checkpoint`` (none if no
+        table yet), in one hop."""
+        if self.checkpoint_column is None:
+            return await super().delete_below(connection, checkpoint, limit)
+        delete = (
+            f"DELETE FROM {self.table} WHERE rowid IN (SELECT rowid FROM {self.table} "
+            f"WHERE {self.checkpoint_column} < ? LIMIT ?)"
+        )
+
+        def run(db: sqlite3.Connection) -> int:
+            if not _exists(db, self.table):
+                return 0
+            return db.execute(delete, (checkpoint, limit)).rowcount
+
+        return await on_thread(connection, run)
+
+
+def _exists(db: sqlite3.Connection, table: str) -> bool:
+    """Whether ``table`` exists (a sink's first batch creates it)."""
+    sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+    return db.execute(sql, (table,)).fetchone() is not None

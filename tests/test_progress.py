@@ -224,7 +224,7 @@ async def test_file_empty_is_a_fresh_start(tmp_path: Path, content: bytes) -> No
 async def test_file_parent_directory_is_created(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "er" / "progress.json"
     await FileProgressStore(path).save("a", 3)
-    content = {"watermarks": {"a": 3}, "dead_letters": [], "stalls": []}
+    content = {"watermarks": {"a": 3}, "dead_letters": [], "stalls": [], "pruned_below": {}}
     assert json.loads(path.read_bytes()) == content
 
 
@@ -380,7 +380,12 @@ async def test_sqlite_open_creates_directory_tables_and_wal(tmp_path: Path) -> N
     async with SqliteProgressStore(path) as store, store.transaction("p", 0) as conn:
         assert await conn.execute_fetchall("PRAGMA synchronous") == [(2,)]  # FULL
     tables = read_db(path, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-    assert tables == [("indexer_dead_letters",), ("indexer_stalls",), ("indexer_watermarks",)]
+    assert tables == [
+        ("indexer_dead_letters",),
+        ("indexer_pruned",),
+        ("indexer_stalls",),
+        ("indexer_watermarks",),
+    ]
     assert read_db(path, "PRAGMA journal_mode") == [("wal",)]
 
 

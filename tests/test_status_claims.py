@@ -129,6 +129,7 @@ def test_status_without_claims_shows_the_files_store(job: tuple[Path, str, Path]
                 "lag": COUNT,
                 "lag_seconds": None,
                 "dead_letters": [],
+                "pruned_below": None,
                 "stuck": None,
             }
         ],

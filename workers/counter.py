@@ -11,7 +11,12 @@ Key = tuple[str, str]  # (dimension, key), e.g. ("sender", "0xab...") or ("event
 
 
 class Counts(Counter[Key]):
-    """A mapping ``(dimension, key) -> count`` whose values add up when merged."""
+    """A mapping ``(dimension, key) -> count`` whose values add up when merged.
+
+    ``checkpoint`` is the checkpoint counted, when one is (``ActivityCounter`` sets it): a
+    ``CounterSink`` under a retention keeps counts by checkpoint to take old ones back out."""
+
+    checkpoint: int | None = None
 
     def merge(self, other: Mapping[Key, int]) -> Counts:
         """Add ``other``'s counts into this one (in place); returns self."""
@@ -63,6 +68,7 @@ class ActivityCounter(Worker[Checkpoint, Counts]):
 
     async def process_checkpoint(self, checkpoint: Checkpoint) -> Counts:
         counts = Counts()
+        counts.checkpoint = checkpoint.sequence_number
         for dimension, keys in self._dimensions:
             counts.update((dimension, key) for key in keys(checkpoint))
         return counts

@@ -38,8 +38,9 @@ def status(
     config_path: Path | None, feed: str | None, store: str | None, claims: str | None, as_json: bool
 ) -> None:
     """Per pipeline: watermark, newest checkpoint in the feed, lag (in checkpoints and
-    seconds), dead letters; for a scaled-out job also its chunks: done, owners and lease
-    expiry. A job run with --claims keeps its progress there: give status the same."""
+    seconds), dead letters, the pruned-below mark of a pipeline with a retention; for a
+    scaled-out job also its chunks: done, owners and lease expiry. A job run with --claims
+    keeps its progress there: give status the same."""
     config = _load(
         config_path, **{"source.feed": feed, "progress.store": store, "scale.claims": claims}
     )

@@ -2,8 +2,9 @@
 
 A status report holds, per pipeline, the watermark, the feed's newest checkpoint, the lag (in
 checkpoints, and in seconds: now minus the newest committed checkpoint's ``timestamp_ms``), the
-dead letters and the checkpoint holding the watermark back, if one keeps failing (the stall a
-run records: attempts, last error, where it was raised, time since the last commit); for a
+dead letters, the pruned-below mark of a pipeline with a retention (its sink holds no rows of
+checkpoints below it), and the checkpoint holding the watermark back, if one keeps failing (the
+stall a run records: attempts, last error, where it was raised, time since the last commit); for a
 pipeline cut into chunks (scale-out) also its chunk layout and every chunk not yet done, with
 its owner, lease expiry and saved progress.
 """
@@ -21,7 +22,7 @@ from ..checkpoint import CheckpointDecoder
 from ..claims import ChunkLayout, ChunkState, ClaimStore
 from ..errors import IndexerError
 from ..progress import Stall
-from ..sources import CheckpointSource, LocalDirectorySource
+from ..sources import CheckpointSource, LocalDirectorySource, RemoteFeedSource
 from .build import build_source
 from .config import Config
 from .stores import build_claim_store, build_store
@@ -54,7 +55,7 @@ async def status_report(config: Config, now: float | None = None) -> dict[str, A
     exists = config.progress.spec.exists()
     claims = _claims(config) if exists else None
     source = build_source(config)
-    if isinstance(source, LocalDirectorySource):
+    if isinstance(source, LocalDirectorySource | RemoteFeedSource):
         source.follow = False  # a look: a missing file is "unknown", not a wait for it
     now = time.time() if now is None else now
     async with contextlib.AsyncExitStack() as stack:
@@ -79,6 +80,7 @@ async def status_report(config: Config, now: float | None = None) -> dict[str, A
                 "lag": None if latest is None else max(0, latest + 1 - (watermark or 0)),
                 "lag_seconds": await _lag_seconds(source, watermark, latest, now),
                 "dead_letters": [d.sequence_number for d in dead],
+                "pruned_below": await store.pruned_below(name) if exists else None,
                 "stuck": _stuck(stalls, watermark or 0, now),
             }
             if claims is not None and name in chunked:
@@ -176,7 +178,9 @@ def render_status(report: dict[str, Any]) -> None:
     missing = "" if report["store_exists"] else " (does not exist yet)"
     table = Table(title=f"progress store {report['store']}{missing}")
     chunked = [row for row in report["pipelines"] if "chunks" in row]
+    pruned = any(row.get("pruned_below") is not None for row in report["pipelines"])
     columns = ["pipeline", "watermark", "feed latest", "lag", "lag seconds", "dead letters"]
+    columns += ["pruned below"] if pruned else []
     columns += ["chunks done", "held"] if chunked else []
     for column in columns:
         table.add_column(column, justify="left" if column == "pipeline" else "right")
@@ -190,6 +194,8 @@ def render_status(report: dict[str, Any]) -> None:
             "-" if row["lag_seconds"] is None else f"{row['lag_seconds']:.1f}",
             str(len(dead)) + (f" ({', '.join(map(str, dead[:5]))}…)" if dead else ""),
         ]
+        if pruned:
+            cells.append(_cell(row.get("pruned_below")))
         if chunked:
             chunks = row.get("chunks")
             cells += (

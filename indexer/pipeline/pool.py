@@ -22,6 +22,9 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
     bounds the checkpoints read but not yet committed; the shared reader waits while it is full.
     A ``Retry(after=...)`` longer than ``reschedule_threshold`` seconds gives the task slot back.
     Without a reducer the watermark is saved at most every ``progress_interval`` seconds.
+    With ``retention`` (checkpoints) the reducer keeps only the newest ones' rows: in the
+    background, at most every ``retention_interval`` seconds, it prunes (``Reducer.prune``)
+    those of checkpoints below ``watermark - retention``.
 
     A pool is a description, checked here and never changed by running it: each run of the
     pipeline (``IndexerExecutor.run``, or one chunk of a scaled-out job) builds its own
@@ -40,6 +43,8 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
         max_inflight_bytes: int | None = None,
         reschedule_threshold: float = 1.0,
         progress_interval: float = 0.5,
+        retention: int | None = None,
+        retention_interval: float = 60.0,
     ) -> None:
         self.worker = worker
         self.name = name or worker.pipeline_name
@@ -76,6 +81,7 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
         ):
             if value < 0:
                 raise ConfigurationError(f"must be >= 0, got {value}", key=key, where=where)
+        _check_retention(reducer, retention, retention_interval, where)
         self.concurrency = concurrency
         self.reducer = reducer
         self.retry = retry or RetryPolicy()
@@ -83,6 +89,8 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
         self.max_inflight_bytes = max_inflight_bytes
         self.reschedule_threshold = reschedule_threshold
         self.progress_interval = progress_interval
+        self.retention = retention
+        self.retention_interval = retention_interval
 
     def __repr__(self) -> str:
         return f"WorkerPool({self.name!r}, concurrency={self.concurrency})"
@@ -91,3 +99,30 @@ class WorkerPool(Generic[CheckpointT, MessageT]):
     def checkpoint_type(self) -> type[Any]:
         """The type the worker reads; every pipeline of one executor must read the same."""
         return self.worker.checkpoint_type
+
+
+def _check_retention(
+    reducer: Reducer[Any] | None, retention: int | None, interval: float, where: str
+) -> None:
+    """Refuse a retention below one checkpoint, or one whose reducer cannot prune (which is
+    told to get ready for it otherwise), and an interval that is not positive."""
+    if not interval > 0:
+        raise ConfigurationError(
+            f"must be > 0 seconds, got {interval!r}", key="retention_interval", where=where
+        )
+    if retention is None:
+        return
+    if isinstance(retention, bool) or not isinstance(retention, int) or retention < 1:
+        raise ConfigurationError(
+            f"must be at least 1 checkpoint, got {retention!r}", key="retention", where=where
+        )
+    if reducer is None:
+        raise ConfigurationError(
+            "is set, but the pipeline has no reducer: there are no rows to prune",
+            key="retention",
+            where=where,
+        )
+    try:
+        reducer.enable_pruning()
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"is set, but {exc}", key="retention", where=where) from None

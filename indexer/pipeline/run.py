@@ -4,6 +4,7 @@ The reader hands it checkpoints in sequence order (``offer_run``, ``offer``, ``s
 admits them into the in-flight window, runs the preprocess hook, and queues them for the
 processor's tasks. Completions go to the watermark tracker, whose contiguous prefix goes to
 the committer; the lowest checkpoint failing meanwhile goes to the store as the run's stall.
+With a retention, a pruner deletes the sink's rows of old checkpoints beside the committer.
 A run is built for one ``IndexerExecutor.run`` (or one chunk) and thrown away after it: the
 ``WorkerPool`` it came from is never changed.
 """
@@ -23,6 +24,7 @@ from .committer import Committer
 from .failures import FailingCheckpoints
 from .pool import WorkerPool
 from .processor import Processor
+from .pruner import RetentionPruner
 from .stall import StallReporter
 from .watermark import WatermarkTracker
 
@@ -111,6 +113,17 @@ class PipelineRun:
         )
         self._enqueue = self.processor.queue.put
         self._committer_task: asyncio.Task[None] | None = None
+        self.pruner: RetentionPruner | None = None
+        if reducer is not None and pool.retention is not None:
+            self.pruner = RetentionPruner(
+                pool.name,
+                reducer,
+                store,
+                retention=pool.retention,
+                interval=pool.retention_interval,
+                watermark=lambda: committer.saved,
+                stats=stats,
+            )
 
     def __repr__(self) -> str:
         return f"PipelineRun({self.name!r}, start={self._start}, watermark={self.watermark})"
@@ -131,11 +144,13 @@ class PipelineRun:
         return self.tracker.pending
 
     def start_tasks(self) -> None:
-        """Start the committer and the processor's tasks."""
+        """Start the committer and the processor's tasks (and the pruner's)."""
         task = asyncio.create_task(self.committer.run(), name=f"{self.name}:commit")
         task.add_done_callback(self._committer_done)
         self._committer_task = task
         self.processor.start()
+        if self.pruner is not None:
+            self.pruner.start()
 
     # -- the reader's side -------------------------------------------------------------------
 
@@ -242,6 +257,8 @@ class PipelineRun:
         """End the run; with ``drain`` every admitted checkpoint is processed first.
 
         Returns the saved watermark."""
+        if self.pruner is not None:  # a prune is background work: it does not delay the end
+            await self.pruner.close()
         if drain and self.tracker.incomplete and self.error is None:
             self._settled.clear()
             if self.tracker.incomplete and not self._stopping.is_set():
@@ -260,6 +277,8 @@ class PipelineRun:
         """Cancel everything at once (a second stop signal)."""
         self._stopping.set()
         self.stall.abort()
+        if self.pruner is not None:
+            await self.pruner.close()
         await self.processor.abort()
         if self._committer_task is not None:
             self._committer_task.cancel()

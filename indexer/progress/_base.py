@@ -1,4 +1,5 @@
-"""The progress store contract: per-pipeline watermarks, dead letters and stalls."""
+"""The progress store contract: per-pipeline watermarks, dead letters, stalls and
+pruned-below marks."""
 
 from __future__ import annotations
 
@@ -117,6 +118,16 @@ class ProgressStore(Openable):
         ``drop`` forget a pipeline's."""
         return []
 
+    async def record_pruned(self, pipeline: str, below: int) -> None:
+        """Raise ``pipeline``'s pruned-below mark to ``below`` (never lower it), once its
+        sink's rows of the checkpoints below are deleted (retention). ``reset`` lowers the
+        mark to the new watermark (what is re-indexed is written again), ``drop`` forgets it.
+        A store that keeps no mark ignores it: each prune then starts from the bottom."""
+
+    async def pruned_below(self, pipeline: str) -> int | None:
+        """``pipeline``'s pruned-below mark, or None when it has none."""
+        return None
+
 
 class TransactionalProgressStore(ProgressStore):
     """A store on a database that can write a batch and a watermark in one transaction.
@@ -141,6 +152,12 @@ class TransactionalProgressStore(ProgressStore):
         included, when it commits: a reset and the deletion of the rows it re-indexes, at
         once (``indexer reset --delete-rows``)."""
         raise NotImplementedError(f"{type(self).__name__} cannot rewind in a transaction")
+
+    def write_transaction(self, action: str) -> AbstractAsyncContextManager[Any]:
+        """Open a short write transaction on the store's database that touches no watermark
+        (a sink sharing the database deletes its old rows in it: retention); it commits when
+        the block ends cleanly and rolls back when it raises. ``action`` names it in errors."""
+        raise NotImplementedError(f"{type(self).__name__} has no write transaction")
 
 
 class FencedView(TransactionalProgressStore):
@@ -177,6 +194,13 @@ class FencedView(TransactionalProgressStore):
 
     async def stalls(self, pipeline: str | None = None) -> list[Stall]:
         return await self.inner.stalls(pipeline)
+
+    # The pruned-below mark too: a mark only ever trails the rows deleted, whoever writes it.
+    async def record_pruned(self, pipeline: str, below: int) -> None:
+        await self.inner.record_pruned(pipeline, below)
+
+    async def pruned_below(self, pipeline: str) -> int | None:
+        return await self.inner.pruned_below(pipeline)
 
 
 def base_store(store: ProgressStore) -> ProgressStore:

@@ -23,11 +23,13 @@ from ._base import DeadLetter, ProgressStore, Stall
 
 class _ProgressFile(msgspec.Struct):
     """The file's layout: ``{"watermarks": {pipeline: int}, "dead_letters": [...],
-    "stalls": [...]}`` (a file an earlier version wrote has no stalls)."""
+    "stalls": [...], "pruned_below": {pipeline: int}}`` (a file an earlier version wrote has
+    no stalls or marks)."""
 
     watermarks: dict[str, int] = msgspec.field(default_factory=dict)
     dead_letters: list[DeadLetter] = msgspec.field(default_factory=list)
     stalls: list[Stall] = msgspec.field(default_factory=list)
+    pruned_below: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 _decoder = msgspec.json.Decoder(_ProgressFile)
@@ -37,7 +39,8 @@ _Stalls = dict[tuple[str, int], Stall]
 
 
 class FileProgressStore(ProgressStore):
-    """Watermarks, dead letters and stalls in a JSON file, for runs without a database.
+    """Watermarks, dead letters, stalls and pruned-below marks in a JSON file, for runs
+    without a database.
 
     The file is read once (on ``open`` or the first call) and then kept in memory; every change
     replaces it atomically (temp file, fsync, rename, fsync of the directory), so a crash leaves
@@ -50,6 +53,7 @@ class FileProgressStore(ProgressStore):
         self._watermarks: dict[str, int] | None = None
         self._dead_letters: _DeadLetters = {}
         self._stalls: _Stalls = {}
+        self._pruned: dict[str, int] = {}
 
     async def open(self) -> None:
         """Read the file (once), so that a corrupt file is reported at start-up."""
@@ -61,6 +65,7 @@ class FileProgressStore(ProgressStore):
         self._watermarks = None
         self._dead_letters = {}
         self._stalls = {}
+        self._pruned = {}
         await super().close()
 
     @asynccontextmanager
@@ -116,19 +121,28 @@ class FileProgressStore(ProgressStore):
         return watermark
 
     async def reset(self, pipeline: str, watermark: int) -> None:
-        """Set the watermark to any value, lower included, forget the pipeline's stalls, and
-        rewrite the file."""
+        """Set the watermark to any value, lower included, forget the pipeline's stalls,
+        lower its pruned-below mark to the watermark, and rewrite the file."""
         watermarks = self._loaded()
         stalls = {k: v for k, v in self._stalls.items() if k[0] != pipeline}
-        if watermarks.get(pipeline) != watermark or stalls != self._stalls:
-            self._write({**watermarks, pipeline: watermark}, stalls=stalls)
+        pruned = dict(self._pruned)
+        if pruned.get(pipeline, 0) > watermark:
+            pruned[pipeline] = watermark
+        if (
+            watermarks.get(pipeline) != watermark
+            or stalls != self._stalls
+            or pruned != self._pruned
+        ):
+            self._write({**watermarks, pipeline: watermark}, stalls=stalls, pruned=pruned)
 
     async def drop(self, pipeline: str) -> None:
-        """Forget the pipeline's watermark, dead letters and stalls, and rewrite the file."""
+        """Forget the pipeline's watermark, dead letters, stalls and pruned-below mark, and
+        rewrite the file."""
         watermarks = {k: v for k, v in self._loaded().items() if k != pipeline}
         letters = {k: v for k, v in self._dead_letters.items() if k[0] != pipeline}
         stalls = {k: v for k, v in self._stalls.items() if k[0] != pipeline}
-        self._write(watermarks, letters, stalls)
+        pruned = {k: v for k, v in self._pruned.items() if k != pipeline}
+        self._write(watermarks, letters, stalls, pruned)
 
     async def watermarks(self) -> dict[str, int]:
         """A copy of every pipeline's watermark."""
@@ -158,6 +172,18 @@ class FileProgressStore(ProgressStore):
         self._loaded()
         return [s for s in _sorted(self._stalls) if pipeline is None or s.pipeline == pipeline]
 
+    async def record_pruned(self, pipeline: str, below: int) -> None:
+        """Raise the pipeline's pruned-below mark (never lower it); rewrite the file if it
+        rose."""
+        watermarks = self._loaded()
+        if below > self._pruned.get(pipeline, -1):
+            self._write(watermarks, pruned={**self._pruned, pipeline: below})
+
+    async def pruned_below(self, pipeline: str) -> int | None:
+        """The pipeline's pruned-below mark, or None."""
+        self._loaded()
+        return self._pruned.get(pipeline)
+
     async def dead_letters(self, pipeline: str | None = None) -> list[DeadLetter]:
         """Dead letters of one pipeline or all, sorted by sequence number then pipeline."""
         self._loaded()
@@ -171,6 +197,7 @@ class FileProgressStore(ProgressStore):
             content = self._read()
             self._dead_letters = {(d.pipeline, d.sequence_number): d for d in content.dead_letters}
             self._stalls = {(s.pipeline, s.checkpoint): s for s in content.stalls}
+            self._pruned = dict(content.pruned_below)
             self._watermarks = dict(content.watermarks)
         return self._watermarks
 
@@ -196,13 +223,18 @@ class FileProgressStore(ProgressStore):
         watermarks: dict[str, int],
         dead_letters: _DeadLetters | None = None,
         stalls: _Stalls | None = None,
+        pruned: dict[str, int] | None = None,
     ) -> None:
-        """Replace the file with the new state (the dead letters and stalls in memory unless
-        given), then adopt it in memory (only if that worked)."""
+        """Replace the file with the new state (the dead letters, stalls and marks in memory
+        unless given), then adopt it in memory (only if that worked)."""
         dead_letters = self._dead_letters if dead_letters is None else dead_letters
         stalls = self._stalls if stalls is None else stalls
+        pruned = self._pruned if pruned is None else pruned
         content = _ProgressFile(
-            watermarks=watermarks, dead_letters=_sorted(dead_letters), stalls=_sorted(stalls)
+            watermarks=watermarks,
+            dead_letters=_sorted(dead_letters),
+            stalls=_sorted(stalls),
+            pruned_below=dict(sorted(pruned.items())),
         )
         data = msgspec.json.format(msgspec.json.encode(content), indent=2) + b"\n"
         try:
@@ -214,6 +246,7 @@ class FileProgressStore(ProgressStore):
         self._watermarks = watermarks
         self._dead_letters = dead_letters
         self._stalls = stalls
+        self._pruned = pruned
 
 
 _Record = TypeVar("_Record", DeadLetter, Stall)

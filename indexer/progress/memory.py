@@ -8,8 +8,8 @@ from ._base import DeadLetter, ProgressStore, Stall
 
 
 class MemoryProgressStore(ProgressStore):
-    """Watermarks, dead letters and stalls in plain dicts; everything is lost when the process
-    ends.
+    """Watermarks, dead letters, stalls and pruned-below marks in plain dicts; everything is
+    lost when the process ends.
 
     A dead letter (and a stall) is keyed by ``(pipeline, sequence_number)`` like the SQLite
     table: recording the same checkpoint again replaces it.
@@ -19,6 +19,7 @@ class MemoryProgressStore(ProgressStore):
         self._watermarks: dict[str, int] = dict(initial or {})
         self._dead_letters: dict[tuple[str, int], DeadLetter] = {}
         self._stalls: dict[tuple[str, int], Stall] = {}
+        self._pruned: dict[str, int] = {}
 
     async def load(self, pipeline: str) -> int | None:
         """The pipeline's watermark, or None when it has never saved one."""
@@ -33,13 +34,17 @@ class MemoryProgressStore(ProgressStore):
         return current
 
     async def reset(self, pipeline: str, watermark: int) -> None:
-        """Set the watermark to any value, lower included, and forget the pipeline's stalls."""
+        """Set the watermark to any value, lower included, forget the pipeline's stalls and
+        lower its pruned-below mark to the watermark."""
         self._watermarks[pipeline] = watermark
         self._forget(self._stalls, pipeline)
+        if self._pruned.get(pipeline, 0) > watermark:
+            self._pruned[pipeline] = watermark
 
     async def drop(self, pipeline: str) -> None:
-        """Forget the pipeline's watermark, dead letters and stalls."""
+        """Forget the pipeline's watermark, dead letters, stalls and pruned-below mark."""
         self._watermarks.pop(pipeline, None)
+        self._pruned.pop(pipeline, None)
         self._forget(self._dead_letters, pipeline)
         self._forget(self._stalls, pipeline)
 
@@ -79,3 +84,12 @@ class MemoryProgressStore(ProgressStore):
             (s for s in self._stalls.values() if pipeline is None or s.pipeline == pipeline),
             key=lambda s: (s.checkpoint, s.pipeline),
         )
+
+    async def record_pruned(self, pipeline: str, below: int) -> None:
+        """Raise the pipeline's pruned-below mark (never lower it)."""
+        if below > self._pruned.get(pipeline, -1):
+            self._pruned[pipeline] = below
+
+    async def pruned_below(self, pipeline: str) -> int | None:
+        """The pipeline's pruned-below mark, or None."""
+        return self._pruned.get(pipeline)

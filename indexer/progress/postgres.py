@@ -26,7 +26,8 @@ _STALL_COLUMNS = (
 
 
 class PostgresProgressStore(DatabaseStore):
-    """Watermarks, dead letters and stalls in PostgreSQL, through an asyncpg pool.
+    """Watermarks, dead letters, stalls and pruned-below marks in PostgreSQL, through an
+    asyncpg pool.
 
     Tables are created in ``schema`` when missing. A failure is one ProgressStoreError naming
     the masked DSN; nothing is retried here (the pipeline's committer retries its commits and
@@ -49,6 +50,7 @@ class PostgresProgressStore(DatabaseStore):
         self._watermarks = w = f"{s}.indexer_watermarks"
         self._dead_letters = f"{s}.indexer_dead_letters"
         self._stalls = f"{s}.indexer_stalls"
+        self._pruned = f"{s}.indexer_pruned"
         self._db = SharedPool(
             dsn,
             what="progress database",
@@ -79,6 +81,10 @@ class PostgresProgressStore(DatabaseStore):
             SET next_checkpoint = excluded.next_checkpoint, updated_at = now()"""
         self._load = f"SELECT next_checkpoint FROM {w} WHERE pipeline = $1"
         self._forget_stalls = f"DELETE FROM {self._stalls} WHERE pipeline = $1"
+        # A reset lowers the pruned-below mark to the new watermark (written again).
+        self._lower_pruned = (
+            f"UPDATE {self._pruned} SET below = $2 WHERE pipeline = $1 AND below > $2"
+        )
 
     def __repr__(self) -> str:
         return f"PostgresProgressStore({mask_dsn(self.dsn)!r}, schema={self.schema!r})"
@@ -114,10 +120,15 @@ class PostgresProgressStore(DatabaseStore):
             committed_at DOUBLE PRECISION NOT NULL,
             reported_at DOUBLE PRECISION NOT NULL,
             PRIMARY KEY (pipeline, checkpoint)"""
+        # Retention's marks came later still, added the same way.
+        pruned = """pipeline TEXT PRIMARY KEY,
+            below BIGINT NOT NULL,
+            pruned_at TIMESTAMPTZ NOT NULL DEFAULT now()"""
         tables = {
             self._watermarks: watermarks,
             self._dead_letters: dead_letters,
             self._stalls: stalls,
+            self._pruned: pruned,
         }
         await create_missing(conn, self.schema, tables)
 
@@ -143,21 +154,22 @@ class PostgresProgressStore(DatabaseStore):
         return int(await self._db.run("save", save))
 
     async def reset(self, pipeline: str, watermark: int) -> None:
-        """Set the watermark to any value, lower included, and forget the pipeline's stalls."""
+        """Set the watermark to any value, lower included, forget the pipeline's stalls and
+        lower its pruned-below mark to the watermark."""
 
         async def reset(conn: asyncpg.Connection) -> None:
             async with conn.transaction():
-                await conn.execute(self._reset, pipeline, watermark)
-                await conn.execute(self._forget_stalls, pipeline)
+                await self._resetting(conn, pipeline, watermark)
 
         await self._db.run("reset", reset)
 
     async def drop(self, pipeline: str) -> None:
-        """Delete the pipeline's watermark, dead letters and stalls."""
+        """Delete the pipeline's watermark, dead letters, stalls and pruned-below mark."""
+        tables = (self._watermarks, self._dead_letters, self._stalls, self._pruned)
 
         async def drop(conn: asyncpg.Connection) -> None:
             async with conn.transaction():
-                for table in (self._watermarks, self._dead_letters, self._stalls):
+                for table in tables:
                     await conn.execute(f"DELETE FROM {table} WHERE pipeline = $1", pipeline)
 
         await self._db.run("drop a pipeline", drop)
@@ -168,8 +180,20 @@ class PostgresProgressStore(DatabaseStore):
         commit on a clean exit, roll everything back if the block raises."""
         async with self._db.transaction() as conn:
             yield conn
-            await conn.execute(self._reset, pipeline, watermark)
-            await conn.execute(self._forget_stalls, pipeline)
+            await self._resetting(conn, pipeline, watermark)
+
+    async def _resetting(self, conn: asyncpg.Connection, pipeline: str, watermark: int) -> None:
+        """What a reset writes: the watermark, no stalls, the pruned-below mark no higher."""
+        await conn.execute(self._reset, pipeline, watermark)
+        await conn.execute(self._forget_stalls, pipeline)
+        await conn.execute(self._lower_pruned, pipeline, watermark)
+
+    @asynccontextmanager
+    async def write_transaction(self, action: str) -> AsyncIterator[asyncpg.Connection]:
+        """Yield a pooled connection inside a transaction; commit on a clean exit, roll back
+        if the block raises (errors propagate unchanged: the caller retries)."""
+        async with self._db.transaction() as conn:
+            yield conn
 
     async def watermarks(self) -> dict[str, int]:
         """Every pipeline's watermark."""
@@ -222,6 +246,20 @@ class PostgresProgressStore(DatabaseStore):
         )
         rows = await self._db.run("load stalls", lambda c: c.fetch(sql, pipeline))
         return [Stall(*row) for row in rows]
+
+    async def record_pruned(self, pipeline: str, below: int) -> None:
+        """Raise the pipeline's pruned-below mark (rise-only)."""
+        sql = f"""
+            INSERT INTO {self._pruned} AS t (pipeline, below) VALUES ($1, $2)
+            ON CONFLICT (pipeline) DO UPDATE SET below = excluded.below, pruned_at = now()
+            WHERE excluded.below > t.below"""
+        await self._db.run("record a pruned mark", lambda c: c.execute(sql, pipeline, below))
+
+    async def pruned_below(self, pipeline: str) -> int | None:
+        """The pipeline's pruned-below mark, or None."""
+        sql = f"SELECT below FROM {self._pruned} WHERE pipeline = $1"
+        value = await self._db.run("load a pruned mark", lambda c: c.fetchval(sql, pipeline))
+        return None if value is None else int(value)
 
     def claim_store(self) -> PostgresClaimStore:
         """The claim store in this store's database and schema."""

@@ -45,6 +45,12 @@ _SCHEMA = (
         reported_at REAL NOT NULL,
         PRIMARY KEY (pipeline, checkpoint)
     )""",
+    # Added with retention, the same way: the rows of checkpoints below ``below`` are deleted.
+    """CREATE TABLE IF NOT EXISTS indexer_pruned (
+        pipeline TEXT PRIMARY KEY,
+        below INTEGER NOT NULL,
+        pruned_at REAL NOT NULL
+    )""",
 )
 
 _RAISE = """
@@ -78,12 +84,22 @@ _STALL_COLUMNS = (
 )
 _FORGET_STALLS = "DELETE FROM indexer_stalls WHERE pipeline = ?"
 
+_RECORD_PRUNED = """
+    INSERT INTO indexer_pruned (pipeline, below, pruned_at) VALUES (?, ?, ?)
+    ON CONFLICT (pipeline) DO UPDATE
+    SET below = excluded.below, pruned_at = excluded.pruned_at
+    WHERE excluded.below > indexer_pruned.below
+"""
+#: A reset lowers the mark to the new watermark: what is re-indexed is written again.
+_LOWER_PRUNED = "UPDATE indexer_pruned SET below = ? WHERE pipeline = ? AND below > ?"
+
 _LOAD = "SELECT next_checkpoint FROM indexer_watermarks WHERE pipeline = ?"
 _ORDER = " ORDER BY sequence_number, pipeline"
 
 
 class SqliteProgressStore(DatabaseStore):
-    """Watermarks and dead letters in SQLite (WAL, ``synchronous=FULL``) via aiosqlite.
+    """Watermarks, dead letters, stalls and pruned-below marks in SQLite (WAL,
+    ``synchronous=FULL``) via aiosqlite.
 
     One connection serves the store; an asyncio lock keeps ``save`` and an open ``transaction``
     from interleaving on it. A sink whose tables live in the same file (compare ``.path``) can
@@ -123,18 +139,16 @@ class SqliteProgressStore(DatabaseStore):
         return int(rows[0][0])
 
     async def reset(self, pipeline: str, watermark: int) -> None:
-        """Set the watermark to any value, lower included, and forget the pipeline's stalls."""
+        """Set the watermark to any value, lower included, forget the pipeline's stalls and
+        lower its pruned-below mark to the watermark."""
         async with self._db.immediate("reset") as conn:
-            statements = [
-                (_RESET, (pipeline, watermark, time.time())),
-                (_FORGET_STALLS, (pipeline,)),
-            ]
-            await self._db.checked_all(conn, "reset", statements)
+            await self._db.checked_all(conn, "reset", _resetting(pipeline, watermark))
 
     async def drop(self, pipeline: str) -> None:
-        """Delete the pipeline's watermark, dead letters and stalls."""
+        """Delete the pipeline's watermark, dead letters, stalls and pruned-below mark."""
+        tables = ("indexer_watermarks", "indexer_dead_letters", "indexer_stalls", "indexer_pruned")
         async with self._db.immediate("drop a pipeline") as conn:
-            for table in ("indexer_watermarks", "indexer_dead_letters", "indexer_stalls"):
+            for table in tables:
                 sql = f"DELETE FROM {table} WHERE pipeline = ?"
                 await self._db.checked(conn, "drop a pipeline", sql, (pipeline,))
 
@@ -144,11 +158,14 @@ class SqliteProgressStore(DatabaseStore):
         and commit on a clean exit, roll everything back if the block raises."""
         async with self._db.immediate("rewind") as conn:
             yield conn
-            statements = [
-                (_RESET, (pipeline, watermark, time.time())),
-                (_FORGET_STALLS, (pipeline,)),
-            ]
-            await self._db.checked_all(conn, "rewind", statements)
+            await self._db.checked_all(conn, "rewind", _resetting(pipeline, watermark))
+
+    @asynccontextmanager
+    async def write_transaction(self, action: str) -> AsyncIterator[aiosqlite.Connection]:
+        """Yield the connection inside ``BEGIN IMMEDIATE`` (the file's write lock, polled);
+        commit on a clean exit, roll back if the block raises."""
+        async with self._db.immediate(action) as conn:
+            yield conn
 
     async def watermarks(self) -> dict[str, int]:
         """Every pipeline's watermark."""
@@ -190,6 +207,16 @@ class SqliteProgressStore(DatabaseStore):
             params = (pipeline,)
         rows = await self._db.run("load stalls", sql + " ORDER BY checkpoint, pipeline", params)
         return [Stall(*row) for row in rows]
+
+    async def record_pruned(self, pipeline: str, below: int) -> None:
+        """Raise the pipeline's pruned-below mark (rise-only)."""
+        await self._db.run("record a pruned mark", _RECORD_PRUNED, (pipeline, below, time.time()))
+
+    async def pruned_below(self, pipeline: str) -> int | None:
+        """The pipeline's pruned-below mark, or None."""
+        sql = "SELECT below FROM indexer_pruned WHERE pipeline = ?"
+        rows = await self._db.run("load a pruned mark", sql, (pipeline,))
+        return int(rows[0][0]) if rows else None
 
     def claim_store(self) -> SqliteClaimStore:
         """The claim store in this store's file."""
@@ -235,3 +262,12 @@ class SqliteProgressStore(DatabaseStore):
             except BaseException:
                 await rollback(conn)
                 raise
+
+
+def _resetting(pipeline: str, watermark: int) -> list[tuple[str, tuple[Any, ...]]]:
+    """What a reset writes: the watermark, no stalls, the pruned-below mark no higher."""
+    return [
+        (_RESET, (pipeline, watermark, time.time())),
+        (_FORGET_STALLS, (pipeline,)),
+        (_LOWER_PRUNED, (watermark, pipeline, watermark)),
+    ]

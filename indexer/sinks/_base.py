@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar, TypeVar
 
 from ..errors import ConfigurationError
-from ..progress import ProgressStore, TransactionalProgressStore
+from ..progress import ProgressStore, TransactionalProgressStore, base_store
 from ..reducer import Reducer
 
 MessageT = TypeVar("MessageT")
+
+_UNSET: Any = object()
 
 __all__ = ["DatabaseSink"]
 
@@ -27,6 +31,11 @@ class DatabaseSink(Reducer[MessageT]):
     commit or rollback. The backends (``SqliteDatabaseSink``, ``PostgresDatabaseSink``) tell
     whether a store shares the sink's database and open the sink's own transactions.
     ``label`` names the sink in errors.
+
+    With a pipeline's ``retention`` the sink deletes the rows of old checkpoints in the
+    background (``prune``): at most ``prune_chunk_size`` rows per transaction, each on the
+    database the batches go to, with a pause as long as the chunk took before the next, so
+    that a commit waiting for the write lock gets it within one chunk.
     """
 
     #: What the setting naming the sink's own database is called ("path", "dsn").
@@ -36,6 +45,16 @@ class DatabaseSink(Reducer[MessageT]):
     #: The column holding each row's checkpoint number, if any: with it the sink can delete
     #: the rows a re-index would write again (``indexer reset --delete-rows``).
     checkpoint_column: str | None = None
+    #: The most rows one of ``prune``'s transactions deletes.
+    prune_chunk_size: int = 5000
+    #: Whether a pipeline's retention prunes this sink (``enable_pruning``): a sink may keep
+    #: what pruning needs only then (an index on the checkpoint column, counts by checkpoint).
+    prunes: bool = False
+
+    def __init__(self, *, prune_chunk_size: int = _UNSET, **limits: Any) -> None:
+        super().__init__(**limits)
+        if prune_chunk_size is not _UNSET:
+            self.prune_chunk_size = prune_chunk_size
 
     @property
     def label(self) -> str:
@@ -58,6 +77,12 @@ class DatabaseSink(Reducer[MessageT]):
         """Delete the rows of checkpoints ``checkpoint`` and later with ``connection``, inside
         a transaction someone else commits; return how many went. Only for a sink with a
         ``checkpoint_column``."""
+        raise NotImplementedError(f"{self.label} cannot delete rows by checkpoint")
+
+    async def delete_below(self, connection: Any, checkpoint: int, limit: int) -> int:
+        """Delete at most about ``limit`` rows of checkpoints below ``checkpoint`` with
+        ``connection``, inside a transaction someone else commits; return how many went (0
+        when none is left). The mirror of ``delete_from``, for retention."""
         raise NotImplementedError(f"{self.label} cannot delete rows by checkpoint")
 
     # -- the backend's part ------------------------------------------------------------------
@@ -113,6 +138,43 @@ class DatabaseSink(Reducer[MessageT]):
     async def close(self) -> None:
         """Close the sink's own connection, if it opened one."""
         await self.close_own_connection()
+
+    def validate(self) -> None:
+        super().validate()
+        size = self.prune_chunk_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigurationError(
+                f"must be a positive integer, got {size!r}",
+                key="prune_chunk_size",
+                where=self.label,
+            )
+
+    def enable_pruning(self) -> None:
+        """Refuse a sink that records no checkpoint of its rows; otherwise prune from now on."""
+        if self.checkpoint_column is None:
+            raise ConfigurationError(
+                f"{self.label} cannot prune its rows: it records no checkpoint of them "
+                "(checkpoint_column)"
+            )
+        self.prunes = True
+
+    async def prune(self, below: int, store: Any) -> int:
+        """``delete_below`` in transactions of ``prune_chunk_size`` rows until none is left,
+        on the store's database when the sink shares it, else on its own."""
+        store = base_store(store)
+        deleted = 0
+        while True:
+            started = time.monotonic()
+            if self.uses_store_transaction(store):
+                transaction = store.write_transaction(f"prune {self.label}")
+            else:
+                transaction = self.own_transaction()
+            async with transaction as connection:
+                chunk = await self.delete_below(connection, below, self.prune_chunk_size)
+            if not chunk:
+                return deleted
+            deleted += chunk
+            await asyncio.sleep(time.monotonic() - started)  # the write lock is free meanwhile
 
     async def rewind(self, store: ProgressStore, pipeline: str, watermark: int) -> int:
         """Set ``pipeline``'s watermark to ``watermark`` (lower included) and delete the rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,7 +29,8 @@ class SqliteDatabaseSink(DatabaseSink[MessageT]):
 
     ``write`` gets an ``aiosqlite.Connection``; ``indexer.sinks.on_thread(connection, fn)``
     runs ``fn(sqlite3 connection)`` in one hop to its thread, for many statements at once.
-    Its own connection (WAL, ``synchronous=FULL``) opens at the first commit that needs it.
+    Its own connection (WAL, ``synchronous=FULL``) opens at the first commit that needs it;
+    its transactions (a commit, a chunk of a prune) take turns on it.
     """
 
     database_key: ClassVar[str] = "path"
@@ -38,6 +40,7 @@ class SqliteDatabaseSink(DatabaseSink[MessageT]):
         super().__init__(**limits)
         self.path = Path(path) if path is not None else None
         self._conn: aiosqlite.Connection | None = None
+        self._turn = asyncio.Lock()  # one transaction at a time on the one connection
 
     @property
     def own_database(self) -> Path | None:
@@ -52,17 +55,18 @@ class SqliteDatabaseSink(DatabaseSink[MessageT]):
     @asynccontextmanager
     async def own_transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         assert self.path is not None
-        if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = await connect(self.path, busy_timeout=BUSY_TIMEOUT)
-        conn = self._conn
-        await on_thread(conn, lambda db: begin_immediate(db, BUSY_TIMEOUT))
-        try:
-            yield conn
-        except BaseException:
-            await rollback(conn)
-            raise
-        await conn.execute("COMMIT")
+        async with self._turn:
+            if self._conn is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._conn = await connect(self.path, busy_timeout=BUSY_TIMEOUT)
+            conn = self._conn
+            await on_thread(conn, lambda db: begin_immediate(db, BUSY_TIMEOUT))
+            try:
+                yield conn
+            except BaseException:
+                await rollback(conn)
+                raise
+            await conn.execute("COMMIT")
 
     async def close_own_connection(self) -> None:
         if self._conn is not None:
