@@ -25,6 +25,9 @@ _HINT = re.compile(r"@|password", re.IGNORECASE)
 _USERINFO = re.compile(
     r"""(?:(?<=[\s/'"(\[{=,])|^)((?:[A-Za-z][\w+.-]*:/+)?[^\s/@:'"]*:)(?!/)[^\s'"]*(?=@)"""
 )
+#: A key whose string value is a secret: a password, an object store's secret key, token or
+#: account key, an HTTP ``Authorization`` header.
+_SECRET_KEY = re.compile(r"password|secret|token|credential|authorization|account_key", re.I)
 #: ``password=...`` of a libpq key/value string or a URL's query (``sslpassword``,
 #: ``PGPASSWORD`` too), its value bare or single-quoted.
 _KEYWORD = re.compile(r"""(\w*password\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s&'"]*)""", re.I)
@@ -39,8 +42,8 @@ def mask_dsn(value: T) -> T:
     """``value`` with every password in it hidden, the one way the command prints anything
     that may hold a connection string: a URL's ``user:password@`` (``postgresql://u:***@h/db``),
     libpq's ``password=...`` (key/value or query), wherever they stand in a string (an error
-    message, a ``repr``), and inside dicts, lists and tuples, where a key naming a password
-    hides its value too. Anything else is returned as it is."""
+    message, a ``repr``), and inside dicts, lists and tuples, where a key naming a password or
+    another secret (``_SECRET_KEY``) hides its value too. Anything else is returned as it is."""
     if isinstance(value, str):
         if not _HINT.search(value):
             return cast(T, value)
@@ -56,7 +59,7 @@ def mask_dsn(value: T) -> T:
 
 
 def _mask_item(key: Any, item: Any) -> Any:
-    if isinstance(key, str) and "password" in key.lower() and isinstance(item, str) and item:
+    if isinstance(key, str) and _SECRET_KEY.search(key) and isinstance(item, str) and item:
         return MASK
     return mask_dsn(item)
 

@@ -8,7 +8,7 @@ alive, and letting the cyclic garbage collector walk them costs more than decodi
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 
@@ -50,7 +50,8 @@ def encode_checkpoint(checkpoint: Any) -> bytes:
 
 
 class CheckpointDecoder(Generic[CheckpointT]):
-    """Decodes msgpack bytes into a checkpoint type and checks the sequence number.
+    """Decodes msgpack (or, with ``codec="json"``, JSON) bytes into a checkpoint type and checks
+    the sequence number.
 
     One decoder is built per executor run; it reuses a typed msgspec decoder, which is what makes
     decoding cheap.
@@ -59,9 +60,15 @@ class CheckpointDecoder(Generic[CheckpointT]):
     def __init__(
         self,
         checkpoint_type: type[CheckpointT] = Checkpoint,  # type: ignore[assignment]
+        codec: Literal["msgpack", "json"] = "msgpack",
     ) -> None:
         self.checkpoint_type = checkpoint_type
-        self._decoder = msgspec.msgpack.Decoder(checkpoint_type)
+        self.codec = codec
+        self._decoder: msgspec.msgpack.Decoder[CheckpointT] | msgspec.json.Decoder[CheckpointT] = (
+            msgspec.json.Decoder(checkpoint_type)
+            if codec == "json"
+            else msgspec.msgpack.Decoder(checkpoint_type)
+        )
 
     def decode(self, data: bytes, *, sequence_number: int, origin: str) -> CheckpointT:
         """Decode ``data``; ``origin`` (a file name or URL) and the number go into errors."""

@@ -132,13 +132,15 @@ async def retry(
     retry_on: Callable[[Exception], bool] | None = None,
     on_retry: Callable[[int, Exception, float], None] | None = None,
     stop: asyncio.Event | None = None,
+    delay_of: Callable[[Exception, float], float] | None = None,
 ) -> T:
     """``await operation()`` until it returns, and return what it returned.
 
     A failure that ``retry_on`` refuses (default: any ``Exception`` is retried) propagates at
-    once; so does the last one when ``policy`` is exhausted. Before each wait ``on_retry(attempt,
-    error, delay)`` is called (to log or count it). Setting ``stop`` ends a wait at once and
-    raises ``RetryAbandoned`` from the last failure."""
+    once; so does the last one when ``policy`` is exhausted. ``delay_of(error, delay)`` may
+    change the policy's wait after a failure (a server's ``Retry-After``). Before each wait
+    ``on_retry(attempt, error, delay)`` is called (to log or count it). Setting ``stop`` ends a
+    wait at once and raises ``RetryAbandoned`` from the last failure."""
     attempts = 0
     while True:
         try:
@@ -150,6 +152,8 @@ async def retry(
             if policy.exhausted(attempts):
                 raise
             delay = policy.delay(attempts)
+            if delay_of is not None:
+                delay = delay_of(exc, delay)
             if on_retry is not None:
                 on_retry(attempts, exc, delay)
             if stop is None:

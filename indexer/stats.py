@@ -24,6 +24,22 @@ __all__ = [
 
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 MESSAGES_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+#: Why a remote feed's request was retried (``indexer_feed_fetch_retries_total{reason}``): no
+#: connection, no answer in time, HTTP 408, 429 or 5xx, a body cut short, a body that does
+#: not decode.
+FETCH_RETRY_REASONS = (
+    "connect",
+    "timeout",
+    "http_408",
+    "http_429",
+    "http_5xx",
+    "short_body",
+    "decode",
+)
+#: Commits whose watermark and timestamp a pipeline's stats remember.
+RECENT_STAMPS = 1024
+#: A chunk's states in ``indexer_chunks{state}``: completed, held by a live lease, neither.
+CHUNK_STATES = ("done", "leased", "pending")
 
 
 class Histogram:
@@ -44,15 +60,6 @@ class Histogram:
     def count(self) -> int:
         return sum(self.counts)
 
-    def cumulative(self) -> list[tuple[str, float]]:
-        """Prometheus buckets: ``(le, cumulative count)`` ending with ``+Inf``."""
-        total = 0
-        out: list[tuple[str, float]] = []
-        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            total += count
-            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), total))
-        return out
-
 
 class PipelineStats:
     """Counters one pipeline updates as it runs; read by the collector, the CLI and tests."""
@@ -65,8 +72,12 @@ class PipelineStats:
         "commit_seconds",
         "committed_at",
         "dead_letters",
+        "lease_renewal_failures",
         "processed",
         "processing_seconds",
+        "pruned_below",
+        "queue_wait_seconds",
+        "recent_stamps",
         "retries",
         "store_retries",
         "watermark_timestamp_ms",
@@ -78,7 +89,13 @@ class PipelineStats:
         #: ``timestamp_ms`` of the newest committed checkpoint (the saved watermark's one
         #: below), None until a run commits one whose timestamp it read.
         self.watermark_timestamp_ms: int | None = None
+        #: ``(saved watermark, timestamp_ms of the checkpoint below it)`` of the latest
+        #: commits: where a chunked job finds the timestamp at its own watermark.
+        self.recent_stamps: deque[tuple[int, int]] = deque(maxlen=RECENT_STAMPS)
         self.processed = 0
+        #: The pruned-below mark of a pipeline with a retention (``indexer_pruned_below``):
+        #: its sink holds no rows of checkpoints below it. None without one.
+        self.pruned_below: int | None = None
         #: Retries by reason (``indexer_retries_total{reason}``): failed process_checkpoint
         #: calls retried ("checkpoint"), failed reducer commits retried ("commit"), failed
         #: progress-store writes retried: watermark saves, dead letters ("watermark").
@@ -88,7 +105,12 @@ class PipelineStats:
         self.dead_letters = 0
         self.batches_committed = 0
         self.batches_failed = 0
+        #: Lease renewals of this pipeline's chunks that failed (retried, or the lease lost).
+        self.lease_renewal_failures = 0
         self.processing_seconds = Histogram(SECONDS_BUCKETS)
+        #: From a checkpoint's admission into the window to a worker task taking it up
+        #: (sampled: one checkpoint in ``processor.QUEUE_WAIT_SAMPLE``).
+        self.queue_wait_seconds = Histogram(SECONDS_BUCKETS)
         self.commit_seconds = Histogram(SECONDS_BUCKETS)
         self.batch_messages = Histogram(MESSAGES_BUCKETS)
 
@@ -96,12 +118,16 @@ class PipelineStats:
 class FeedStats:
     """What the reader saw of the feed."""
 
-    __slots__ = ("bytes_read", "last_read", "latest")
+    __slots__ = ("bytes_read", "fetch_retries", "last_read", "latest", "problem")
 
     def __init__(self) -> None:
         self.bytes_read = 0
         self.latest: int | None = None  # newest checkpoint the feed holds, when known
         self.last_read: int | None = None
+        #: A remote feed's requests retried, by reason (``indexer_feed_fetch_retries_total``).
+        self.fetch_retries: dict[str, int] = dict.fromkeys(FETCH_RETRY_REASONS, 0)
+        #: Why the feed cannot be read now, as the feed poller last found (None: it can).
+        self.problem: str | None = None
 
 
 class CheckpointTimes:
@@ -170,11 +196,36 @@ class RunningPipeline(Protocol):
 class PipelineView:
     """One pipeline of a job: its counters, and its run in progress if any."""
 
-    __slots__ = ("_error", "_last_watermark", "_start", "name", "run", "stats")
+    __slots__ = (
+        "_error",
+        "_last_watermark",
+        "_start",
+        "chunks",
+        "chunks_at",
+        "job_stamp",
+        "job_start",
+        "job_watermark",
+        "name",
+        "run",
+        "run_start",
+        "stats",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.stats = PipelineStats()
+        #: In a chunked job: the pipeline's watermark (its contiguous completed chunks) as
+        #: the claim store said last, ``(watermark, timestamp_ms)`` of the newest committed
+        #: checkpoint this process knows at or below it, and the chunks by state (and when
+        #: read). None, None, {} and None otherwise.
+        self.job_watermark: int | None = None
+        #: Where this process's job began: the first run's start, or in a chunked job the
+        #: pipeline's watermark when the job started (for the progress bars); None before.
+        self.run_start: int | None = None
+        self.job_start: int | None = None
+        self.job_stamp: tuple[int, int] | None = None
+        self.chunks: dict[str, int] = {}
+        self.chunks_at: float | None = None
         #: The run in progress; None before the first and between runs.
         self.run: RunningPipeline | None = None
         self._start = 0
@@ -185,10 +236,14 @@ class PipelineView:
         """A run of this pipeline starts."""
         self.run = run
         self._start = run.start
+        if self.run_start is None:
+            self.run_start = run.start
 
     def rests_at(self, watermark: int) -> None:
         """Show ``watermark`` (saved, or where a run would start) while no run is attached."""
         self._start = self._last_watermark = watermark
+        if self.run_start is None:
+            self.run_start = watermark
 
     def detach(self) -> None:
         """The run in progress ended; its final watermark stays shown."""

@@ -67,7 +67,7 @@ def check_pipeline_results(results: dict[str, dict[str, Any]], database: str) ->
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(115)
+@pytest.mark.timeout(130)
 def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
     dsn = os.environ.get("INDEXER_TEST_POSTGRES_DSN")
     args = ["--json", "--plot", str(tmp_path / "iobound.png")]
@@ -89,6 +89,8 @@ def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
         "pipeline-sqlite",
         "pipeline-sqlite-rss",
         "pipeline-sqlite-2p",
+        "remote",
+        "remote-latency",
     }
     if dsn:
         expected |= {"reducer-postgres", "pipeline-postgres"}

@@ -33,6 +33,7 @@ from click.testing import CliRunner, Result
 from harness import (
     Background,
     check_metrics_with_promtool,
+    free_port,
     parse_events,
     run_indexer,
     saved_watermark,
@@ -89,12 +90,6 @@ def assert_one_error_line(stderr: str, *needles: str) -> str:
     for needle in needles:
         assert needle in line, (needle, line)
     return line
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @functools.cache
@@ -428,6 +423,7 @@ def test_status_json(tmp_path: Path, feed: Path) -> None:
                 "lag": FEED_COUNT - 120,
                 "lag_seconds": feed_lag_seconds(119),
                 "dead_letters": [5, 17],
+                "pruned_below": None,
                 "stuck": None,
             },
             {  # saved but no longer configured; past the feed's end
@@ -437,6 +433,7 @@ def test_status_json(tmp_path: Path, feed: Path) -> None:
                 "lag": 0,
                 "lag_seconds": None,  # checkpoint 399 is not in the feed
                 "dead_letters": [],
+                "pruned_below": None,
                 "stuck": None,
             },
         ],
@@ -455,6 +452,7 @@ def test_status_json_of_a_pipeline_without_watermark(tmp_path: Path, feed: Path)
             "lag": None,
             "lag_seconds": None,
             "dead_letters": [],
+            "pruned_below": None,
             "stuck": None,
         }
     ]

@@ -139,7 +139,7 @@ def test_bad_limits_name_the_key(tmp_path: Path, table: str, needle: str) -> Non
         ),
         (
             '[source]\nkind = "http"\n',
-            "source.kind: invalid enum value 'http' (one of 'local', 'synthetic')",
+            "source.kind: invalid enum value 'http' (one of 'feed', 'local', 'synthetic')",
         ),
         (
             '[progress]\nstore = "mysql://u:pw@h/db"\n',

@@ -37,10 +37,14 @@ _RUN_AS_MAIN = textwrap.dedent(
 _IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*(?P<name>\S+)\s*$")
 
 #: What a run of the SQLite job below never needs: the PostgreSQL driver and sink, the
-#: metrics server (disabled), rich (JSON lines), scale-out, the other commands and the sinks
-#: and workers it does not name.
+#: metrics server (disabled), rich (JSON lines), scale-out, the other commands, the sinks
+#: and workers it does not name, and the remote feeds' sources and clients.
 _NOT_NEEDED = (
     "asyncpg",
+    "aiohttp",
+    "obstore",
+    "indexer.sources.http",
+    "indexer.sources.object_store",
     "prometheus_client",
     "indexer.metrics",
     "rich",

@@ -16,7 +16,14 @@ from ..executor import IndexerExecutor
 from ..pipeline import WorkerPool
 from ..progress import ProgressStore
 from ..reducer import Reducer
-from ..sources import CheckpointSource, LocalDirectorySource, SyntheticSource
+from ..sources import (
+    CheckpointSource,
+    LocalDirectorySource,
+    SyntheticSource,
+    feed_kind,
+    local_feed_path,
+)
+from ..stats import FeedStats
 from ..worker import Worker
 from .config import Config, PipelineConfig, import_object
 from .paths import anchor_options, constructor_signature
@@ -27,22 +34,80 @@ __all__ = ["build_executor", "build_pool", "build_reducer", "build_source"]
 T = TypeVar("T")
 
 
-def build_source(config: Config) -> CheckpointSource:
-    """The checkpoint source ``[source]`` describes."""
+def build_source(config: Config, stats: FeedStats | None = None) -> CheckpointSource:
+    """The checkpoint source ``[source]`` describes: a user's ``class``, generated checkpoints,
+    or the feed ``feed`` names (a directory, an HTTP server, an object store). A remote feed
+    counts its retried requests in ``stats`` (the job's ``FeedStats``)."""
     source = config.source
-    with named(config, "source"):
-        if source.kind == "synthetic":
+    if source.cls is not None:
+        key = f"{config.origin}: source.class"
+        cls = import_object(source.cls, key, config.directory)
+        return _instantiate(
+            cls,
+            source.options,
+            key,
+            CheckpointSource,  # type: ignore[type-abstract]
+            config.directory,
+        )
+    if source.kind == "synthetic":
+        with named(config, "source"):
             return SyntheticSource(
                 seed=source.seed, count=source.count, batch_size=source.batch_size
             )
-        return LocalDirectorySource(
-            resolve_path(source.feed),
-            poll_interval=source.poll_interval,
-            follow=source.follow,
-            batch_size=source.batch_size,
-            delete_below_watermark=source.delete_below_watermark,
-            partial_file_grace=source.partial_file_grace,
+    with named(config, "source"):
+        kind = feed_kind(source.feed)
+        if kind == "directory" and source.reads_files_as_named:
+            if source.options:
+                raise ConfigurationError(
+                    "are for a remote feed or a source.class, not a directory", key="options"
+                )
+            return LocalDirectorySource(
+                resolve_path(local_feed_path(source.feed)),
+                poll_interval=source.poll_interval,
+                follow=source.follow,
+                batch_size=source.batch_size,
+                delete_below_watermark=source.delete_below_watermark,
+                partial_file_grace=source.partial_file_grace,
+            )
+        if source.delete_below_watermark:
+            raise ConfigurationError(
+                "is for a directory of {n}.chk files only", key="delete_below_watermark"
+            )
+    decode = None
+    if source.decode is not None:
+        decode = import_object(source.decode, f"{config.origin}: source.decode", config.directory)
+        if not callable(decode):
+            raise ConfigurationError(
+                f"{config.origin}: source.decode: {source.decode!r} is not a function"
+            )
+    remote: dict[str, Any] = {**source.remote_options(), "decode": decode, "stats": stats}
+    from ..sources import HttpSource, ObjectStoreSource  # loaded only for a remote feed
+
+    with named(config, "source"):
+        if kind == "http":
+            return HttpSource(source.feed, headers=_http_headers(source.options), **remote)
+        url = source.feed
+        if kind == "directory":  # files named or decoded otherwise: read through obstore
+            path = resolve_path(local_feed_path(url)).absolute()
+            if not path.is_dir():
+                raise ConfigurationError(f"directory {str(path)!r} does not exist", key="feed")
+            url = path.as_uri()
+        return ObjectStoreSource(url, store_options=source.options, **remote)
+
+
+def _http_headers(options: dict[str, Any]) -> dict[str, str]:
+    """An HTTP feed's ``options``: only ``headers``, a table of strings."""
+    unknown = sorted(set(options) - {"headers"})
+    if unknown:
+        raise ConfigurationError(
+            f"unknown option {unknown[0]!r} for an HTTP feed (it takes 'headers')", key="options"
         )
+    headers = options.get("headers", {})
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise ConfigurationError("must be a table of strings", key="options.headers")
+    return headers
 
 
 def _instantiate(
@@ -97,6 +162,8 @@ def build_pool(config: Config, name: str, pipeline: PipelineConfig) -> WorkerPoo
             max_inflight_bytes=pipeline.max_inflight_bytes,
             reschedule_threshold=pipeline.reschedule_threshold,
             progress_interval=pipeline.progress_interval,
+            retention=pipeline.retention,
+            retention_interval=pipeline.retention_interval,
         )
 
 

@@ -1,9 +1,10 @@
 """What ``indexer config check`` checks beyond the config itself: that a run could start.
 
 The pipelines are imported and built (each class's own checks, and whether each reducer can
-work with the progress store), then what the run would reach is reached: the feed directory,
-the progress store (a SQLite or JSON file, or its directory when it is to be created; a
-PostgreSQL server, connected to with a short timeout) and each database sink's own database.
+work with the progress store), then what the run would reach is reached: the feed directory
+(or one request to a remote feed), the progress store (a SQLite or JSON file, or its directory
+when it is to be created; a PostgreSQL server, connected to with a short timeout) and each
+database sink's own database.
 Each check is one line; the first that fails is a ``ConfigurationError`` naming the file and
 the key, its DSN masked. Nothing is created.
 """
@@ -19,6 +20,13 @@ from .._dsn import mask_dsn
 from .._loop import run_on
 from ..errors import ConfigurationError
 from ..sinks import DatabaseSink
+from ..sources import (
+    CheckpointSource,
+    FeedRequestRefused,
+    RemoteFeedSource,
+    feed_kind,
+    local_feed_path,
+)
 from .build import build_executor, build_source
 from .config import Config
 from .stores import named, resolve_path
@@ -36,8 +44,8 @@ def check_config(config: Config) -> Iterator[str]:
                 pool.reducer.check_store(executor.progress_store)
     names = ", ".join(pool.name for pool in executor.pools)
     yield f"pipelines: {names} (imported and built)"
-    build_source(config)  # the [source] settings' own checks
-    yield _check_feed(config)
+    source = build_source(config)  # the [source] settings' own checks
+    yield _check_feed(config, source)
     store_key = "scale.claims" if config.scale.claims is not None else "progress.store"
     spec = config.progress.spec
     yield f"{store_key}: {spec} ({_check_database(config, store_key, spec.target, spec.kind)})"
@@ -56,19 +64,39 @@ def _failed(config: Config, key: str, message: str) -> ConfigurationError:
     return ConfigurationError(f"{config.origin}: {key}: {message}")
 
 
-def _check_feed(config: Config) -> str:
-    """The feed directory exists and can be listed and read."""
-    source = config.source
-    if source.kind == "synthetic":
-        return f"source: synthetic checkpoints (seed {source.seed})"
-    path = resolve_path(source.feed)
+def _check_feed(config: Config, source: CheckpointSource) -> str:
+    """The feed directory exists and can be listed and read; a remote feed answers one
+    request (for the first checkpoint's file) without refusing it."""
+    settings = config.source
+    if settings.cls is not None:
+        return f"source.class: {settings.cls} (imported and built)"
+    if settings.kind == "synthetic":
+        return f"source: synthetic checkpoints (seed {settings.seed})"
+    if isinstance(source, RemoteFeedSource) and feed_kind(settings.feed) != "directory":
+        found = run_on(config.run.event_loop, _reach(config, source))
+        return f"source.feed: {mask_dsn(settings.feed)} ({found})"
+    path = resolve_path(local_feed_path(settings.feed))
+    feed = settings.feed
     if not path.exists():
-        raise _failed(config, "source.feed", f"directory {source.feed!r} does not exist")
+        raise _failed(config, "source.feed", f"directory {feed!r} does not exist")
     if not path.is_dir():
-        raise _failed(config, "source.feed", f"{source.feed!r} is not a directory")
+        raise _failed(config, "source.feed", f"{feed!r} is not a directory")
     if not os.access(path, os.R_OK | os.X_OK):
-        raise _failed(config, "source.feed", f"directory {source.feed!r} is not readable")
-    return f"source.feed: {source.feed} (a readable directory)"
+        raise _failed(config, "source.feed", f"directory {feed!r} is not readable")
+    return f"source.feed: {feed} (a readable directory)"
+
+
+async def _reach(config: Config, source: RemoteFeedSource) -> str:
+    """One request to a remote feed, for the file of the run's first checkpoint."""
+    first = config.run.first_checkpoint or 0
+    try:
+        return await source.check_reachable(first)
+    except FeedRequestRefused as exc:
+        raise _failed(config, "source.feed", str(exc)) from None
+    except Exception as exc:  # TransientFetchError: no answer, or not one to start on
+        raise _failed(config, "source.feed", f"cannot reach the feed: {exc}") from None
+    finally:
+        await source.close()
 
 
 def _check_database(config: Config, key: str, target: str, kind: str) -> str:

@@ -7,9 +7,10 @@ Relative paths the file gives resolve against its directory, those of overrides 
 working directory (``paths.py``).
 
 A default here is the library's own, read from the signature of the class the key configures
-(``WorkerPool``, ``LocalDirectorySource``, ...), and a rule on a value is the class's own,
-checked when the object is built (``build.py``) and reported under the key's name; what only
-the command has (the store's spec, scale-out, the metrics address) is checked here.
+(``WorkerPool``, ``LocalDirectorySource`` for ``[source]``, in ``source_config.py``, ...), and a
+rule on a value is the class's own, checked when the object is built (``build.py``) and
+reported under the key's name; what only the command has (the store's spec, scale-out, the
+metrics address) is checked here.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from ..errors import ConfigurationError
 from ..executor import IndexerExecutor, check_range
 from ..pipeline import WorkerPool
 from ..retry import RetryPolicy
-from ..sources import LocalDirectorySource, SyntheticSource
 from .paths import anchor_file_paths
+from .source_config import SourceConfig
 from .stores import StoreSpec
 
 __all__ = [
@@ -60,20 +61,6 @@ def _default(target: Callable[..., Any], name: str) -> Any:
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass
-
-
-class SourceConfig(_Section):
-    """Where checkpoints come from (``LocalDirectorySource`` or ``SyntheticSource``)."""
-
-    kind: Literal["local", "synthetic"] = "local"
-    feed: str = "feed"
-    poll_interval: float = _default(LocalDirectorySource, "poll_interval")
-    follow: bool = _default(LocalDirectorySource, "follow")
-    batch_size: int = _default(LocalDirectorySource, "batch_size")
-    delete_below_watermark: bool = _default(LocalDirectorySource, "delete_below_watermark")
-    partial_file_grace: float = _default(LocalDirectorySource, "partial_file_grace")
-    seed: int = _default(SyntheticSource, "seed")
-    count: int | None = _default(SyntheticSource, "count")
 
 
 class ProgressConfig(_Section):
@@ -147,6 +134,8 @@ class PipelineConfig(_Section):
     max_inflight_bytes: int | None = _default(WorkerPool, "max_inflight_bytes")
     reschedule_threshold: float = _default(WorkerPool, "reschedule_threshold")
     progress_interval: float = _default(WorkerPool, "progress_interval")
+    retention: int | None = _default(WorkerPool, "retention")
+    retention_interval: float = _default(WorkerPool, "retention_interval")
     retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
     reducer: ReducerConfig | None = None
 
@@ -364,6 +353,10 @@ def _check_scale(config: Config, origin: str) -> None:
             f"{origin}: source.delete_below_watermark cannot be used with scale-out "
             "(other processes still read below this one's chunk)"
         )
+    for name, pipeline in config.pipelines.items():
+        if pipeline.retention is not None:
+            key = f"pipelines.{name}.retention"
+            raise ConfigurationError("cannot be used with scale-out", key=key, where=origin)
 
 
 def parse_address(address: str, where: str) -> tuple[str, int]:

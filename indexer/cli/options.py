@@ -69,7 +69,13 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
         "Stop after this checkpoint (inclusive)",
         {"type": int},
     ),
-    RunOption("source.feed", "feed", "--feed", "INDEXER_FEED", "Feed directory (source.feed)"),
+    RunOption(
+        "source.feed",
+        "feed",
+        "--feed",
+        "INDEXER_FEED",
+        "Feed directory, http(s):// URL or s3://, gs://, az:// prefix (source.feed)",
+    ),
     RunOption(
         "progress.store",
         "store",

@@ -5,8 +5,8 @@ directory: ``indexer run -c /srv/job/swaps.toml`` from any directory reads ``/sr
 and keeps ``/srv/job/swaps.db``. A flag or an ``INDEXER_*`` variable is the caller's, so its
 relative paths stay relative to the working directory. What is resolved:
 
-- the framework's keys: ``source.feed``, the file of a ``sqlite:PATH`` or ``file:PATH``
-  ``progress.store`` and ``scale.claims``;
+- the framework's keys: ``source.feed`` (unless it is a URL), the file of a ``sqlite:PATH`` or
+  ``file:PATH`` ``progress.store`` and ``scale.claims``;
 - a worker's or reducer's ``options`` whose constructor parameter takes a path (annotated
   ``os.PathLike`` or ``pathlib.Path``, as ``SqliteSink(path=)``, ``CounterSink(path=)``,
   ``JsonlSink(path=)``, ``ArchiveSink(directory=)`` and ``CheckpointArchiver(directory=)``).
@@ -22,6 +22,8 @@ import re
 import typing
 from pathlib import Path, PurePath
 from typing import Any
+
+from ..sources import is_url
 
 __all__ = [
     "anchor_file_paths",
@@ -61,7 +63,7 @@ def anchor_file_paths(
     validation to report."""
     source = data.setdefault("source", {})
     if isinstance(source, dict) and isinstance(feed := source.get("feed", default_feed), str):
-        source["feed"] = anchored(feed, directory)
+        source["feed"] = feed if is_url(feed) else anchored(feed, directory)
     scale = data.get("scale", {})
     claims = scale.get("claims") if isinstance(scale, dict) else None
     if isinstance(claims, str):

@@ -13,12 +13,16 @@ import structlog
 
 from .._loop import loop_factory, run_on
 from ..errors import ConfigurationError, IndexerError
+from ..snapshot import JobSnapshot, merge, take_snapshot
 from .build import build_executor, build_source
 from .config import Config
 from .stores import build_claim_store, build_store
 
 if TYPE_CHECKING:
     from ..executor import IndexerExecutor
+    from ..metrics import Others
+    from ..stats import JobView
+    from .processes import Publish
 
 log = structlog.get_logger("indexer")
 
@@ -35,39 +39,71 @@ def run_indexer(config: Config) -> str:
 
 def _run_processes(config: Config) -> str:
     """``--processes N``: this process and N-1 children share the job through the claims."""
-    from .processes import ChildFailed, run_processes
+    from .processes import ChildFailed, ChildSnapshots, run_processes
 
     scale = msgspec.structs.replace(
         config.scale, processes=1, claims=config.scale.claims or config.progress.store
     )
     share = msgspec.structs.replace(config, scale=scale)
     executor = build_executor(share)  # imports and checks every pipeline before the children
-    started = time.perf_counter()
+    children: list[ChildSnapshots] = []
+    clock = _Clock()
+
+    def run_share(forward: Callable[[int], None], snapshots: ChildSnapshots) -> None:
+        children.append(snapshots)
+        _run_here(share, on_signal=forward, executor=executor, others=snapshots, clock=clock)
+
     try:
-        failed = run_processes(
-            share,
-            config.scale.processes,
-            lambda forward: _run_here(share, on_signal=forward, executor=executor),
-            run_child,
-        )
+        failed = run_processes(share, config.scale.processes, run_share, run_child)
     except ChildFailed as exc:
         if exc.code == 2:  # what would stop a run of one process as a configuration error
             raise ConfigurationError(str(exc)) from None
         raise
     if failed:
         raise IndexerError(f"{failed} of {config.scale.processes - 1} child processes failed")
+    job = merge([take_snapshot(executor.job), *(children[0]() if children else ())])
     watermarks = run_on(config.run.event_loop, _saved_watermarks(config))
+    return summary(job, clock, watermarks, f" by {config.scale.processes} processes")
+
+
+def run_child(config: Config, started: Callable[[], None], publish: Publish) -> str:
+    """A ``--processes`` child's share of the job (module-level: spawned children import it);
+    ``started()`` once it is about to run, ``publish(job)`` sends its numbers to the parent
+    (which sums up the job: the child prints no summary)."""
+    _run_here(config, on_started=started, publish=publish)
+    return ""
+
+
+class _Clock:
+    """When a run started, on the wall clock (to compare with commit times) and for timing."""
+
+    def __init__(self) -> None:
+        self.wall = time.time()
+        self.started = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def summary(job: JobSnapshot, clock: _Clock, watermarks: dict[str, int], by: str = "") -> str:
+    """The closing line: checkpoints each pipeline processed (the most of them, and each one's
+    when they differ), over the time spent working (up to the last commit, not the idle
+    tailing after it), and the watermarks."""
+    counts = {p.name: p.processed for p in job.pipelines}
+    processed = max(counts.values(), default=0)
+    each = ""
+    if len(set(counts.values())) > 1:
+        each = " (" + ", ".join(f"{name}={n}" for name, n in counts.items()) + ")"
+    elapsed = clock.elapsed
+    commits = [p.committed_at for p in job.pipelines if p.committed_at is not None]
+    working = min(elapsed, max(commits) - clock.wall) if commits else elapsed
+    rate = processed / working if working > 0 else 0.0
     marks = ", ".join(f"{name}={mark}" for name, mark in watermarks.items())
     return (
-        f"{config.scale.processes} processes done in {time.perf_counter() - started:.1f}s; "
+        f"processed {processed} checkpoints{each} in {elapsed:.1f}s ({rate:,.0f}/s){by}; "
         f"watermarks: {marks}"
     )
-
-
-def run_child(config: Config, started: Callable[[], None]) -> str:
-    """A ``--processes`` child's share of the job (module-level: spawned children import it);
-    ``started()`` once it is serving its metrics and about to run."""
-    return _run_here(config, on_started=started)
 
 
 def _run_here(
@@ -75,14 +111,19 @@ def _run_here(
     on_signal: Callable[[int], None] | None = None,
     executor: IndexerExecutor | None = None,
     on_started: Callable[[], None] | None = None,
+    publish: Publish | None = None,
+    others: Others | None = None,
+    clock: _Clock | None = None,
 ) -> str:
     """Run in this process (a chunked share of the job when claims are set); ``on_signal`` is
     told of every stop signal this process gets, ``on_started`` called once everything is
-    built and serving and the run begins."""
+    built and serving and the run begins. A child of ``--processes`` sends its numbers to
+    the parent with ``publish`` instead of serving metrics; the parent shows its own and
+    the ``others``' together."""
     executor = executor or build_executor(config)
     executor.timing = config.metrics.enabled
     server = None
-    if config.metrics.enabled:
+    if config.metrics.enabled and publish is None:
         from ..metrics import serve_metrics, stop_metrics  # prometheus_client: only here
 
         host, port = config.metrics.host_port
@@ -93,6 +134,7 @@ def _run_here(
                 port,
                 ready_max_lag_seconds=config.metrics.ready_max_lag_seconds,
                 status=lambda: _status(config),
+                others=others,
             )
         except OSError as exc:  # the address is the setting to change: exit code 2
             raise ConfigurationError(
@@ -101,23 +143,15 @@ def _run_here(
         log.info("serving metrics", address=f"http://{config.metrics.address}/metrics")
     if on_started is not None:
         on_started()
-    loop = config.run.event_loop
-    started = time.perf_counter()
+    clock = clock or _Clock()
     try:
-        if config.scale.chunked:
-            watermarks = run_on(loop, _run_chunked(executor, config, on_signal))
-        else:
-            watermarks = run_on(loop, _run(executor, build_source(config), config))
-        elapsed = time.perf_counter() - started
+        watermarks = run_on(
+            config.run.event_loop, _run(executor, config, on_signal, publish, others)
+        )
     finally:
         if server is not None:
             stop_metrics(server)
-    processed = executor.job.processed
-    rate = processed / elapsed if elapsed > 0 else 0.0
-    marks = ", ".join(f"{name}={mark}" for name, mark in watermarks.items())
-    return (
-        f"processed {processed} checkpoints in {elapsed:.1f}s ({rate:,.0f}/s); watermarks: {marks}"
-    )
+    return summary(take_snapshot(executor.job), clock, watermarks)
 
 
 def _status(config: Config) -> dict[str, Any]:
@@ -145,7 +179,7 @@ async def _run_chunked(
         executor.progress_store,
         build_claim_store(config),
         executor.pools,
-        lambda: build_source(config),
+        lambda: build_source(config, executor.job.feed),
         chunk_size=config.scale.chunk_size,
         lease_ttl=config.scale.lease_ttl,
         timing=executor.timing,
@@ -155,19 +189,50 @@ async def _run_chunked(
     return await runner.run(config.run.first_checkpoint, config.run.last_checkpoint)
 
 
-async def _run(executor: IndexerExecutor, source: Any, config: Config) -> dict[str, int]:
-    display_task = None
-    if config.logging.progress and sys.stderr.isatty():
+async def _run_whole(executor: IndexerExecutor, config: Config) -> dict[str, int]:
+    source = build_source(config, executor.job.feed)
+    try:
+        return await executor.run(source, config.run.first_checkpoint, config.run.last_checkpoint)
+    finally:
+        await source.close()
+
+
+async def _run(
+    executor: IndexerExecutor,
+    config: Config,
+    on_signal: Callable[[int], None] | None,
+    publish: Publish | None,
+    others: Others | None,
+) -> dict[str, int]:
+    """The run, beside the tasks that show it: progress bars on a terminal, or (a child of
+    ``--processes``) its numbers sent to the parent every second and once at the end."""
+    beside: asyncio.Task[None] | None = None
+    if publish is not None:
+        beside = asyncio.create_task(_publish_every(publish, executor.job), name="publish")
+    elif config.logging.progress and sys.stderr.isatty():
         from rich.console import Console
 
         from .display import ProgressDisplay
 
-        display = ProgressDisplay(executor.job, config.run.last_checkpoint, Console(stderr=True))
-        display_task = asyncio.create_task(display.run())
+        display = ProgressDisplay(
+            executor.job, config.run.last_checkpoint, Console(stderr=True), others
+        )
+        beside = asyncio.create_task(display.run(), name="progress")
     try:
-        return await executor.run(source, config.run.first_checkpoint, config.run.last_checkpoint)
+        if config.scale.chunked:
+            return await _run_chunked(executor, config, on_signal)
+        return await _run_whole(executor, config)
     finally:
-        if display_task is not None:
-            display_task.cancel()
-            await asyncio.gather(display_task, return_exceptions=True)
-        await source.close()
+        if beside is not None:
+            beside.cancel()
+            await asyncio.gather(beside, return_exceptions=True)
+        if publish is not None:
+            publish(executor.job)
+
+
+async def _publish_every(publish: Publish, job: JobView) -> None:
+    from .processes import PUBLISH_INTERVAL
+
+    while True:
+        publish(job)
+        await asyncio.sleep(PUBLISH_INTERVAL)

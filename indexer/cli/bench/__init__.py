@@ -91,6 +91,12 @@ def _pipeline_postgres_2p(quick: bool, options: dict[str, Any]) -> list[Result]:
     )
 
 
+def _remote(quick: bool, options: dict[str, Any]) -> list[Result]:
+    from . import remote
+
+    return remote.run(quick, options.get("event_loop", "auto"))
+
+
 #: Scenario name -> runner(quick, options) -> results, in the order they run.
 SCENARIOS: dict[str, Callable[[bool, dict[str, Any]], list[Result]]] = {
     "dispatch": _dispatch,
@@ -104,6 +110,7 @@ SCENARIOS: dict[str, Callable[[bool, dict[str, Any]], list[Result]]] = {
     "pipeline-postgres": _pipeline_postgres,
     "pipeline-sqlite-2p": _pipeline_sqlite_2p,
     "pipeline-postgres-2p": _pipeline_postgres_2p,
+    "remote": _remote,
 }
 
 
