@@ -28,6 +28,11 @@ T = TypeVar("T")
 INDEXER = Path(sys.executable).with_name("indexer")
 #: Programs and workers the tests run (``slow_workers``, ``feed_indexer.py``).
 PROGRAMS = Path(__file__).resolve().parent / "programs"
+#: The columns of ``workers.TransactionExtractor``'s rows, as a SqliteSink's TOML option.
+TRANSACTION_COLUMNS = (
+    '{ checkpoint = "BIGINT", digest = "TEXT", sender = "TEXT", event_count = "BIGINT", '
+    'timestamp_ms = "BIGINT" }'
+)
 #: A generous wait for a loaded 2-core machine: the asserted behaviour stays exact.
 TIMEOUT = 30.0
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from harness import (
+    TRANSACTION_COLUMNS,
     Background,
     check_metrics_with_promtool,
     eventually,
@@ -31,10 +32,7 @@ COUNT = 1200
 HOLD_FROM = 800  # checkpoints from here on wait while the hold file exists
 CHUNK = 100
 DEADLINE = 60.0
-COLUMNS = (
-    '{ checkpoint = "BIGINT", digest = "TEXT", sender = "TEXT", event_count = "BIGINT", '
-    'timestamp_ms = "BIGINT" }'
-)
+COLUMNS = TRANSACTION_COLUMNS
 
 
 @pytest.fixture(scope="module")

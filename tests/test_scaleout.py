@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import PROGRAMS, Background, eventually, run_indexer
+from harness import PROGRAMS, TRANSACTION_COLUMNS, Background, eventually, run_indexer
 
 from indexer.claims import ChunkLayout, Claim, SqliteClaimStore
 from indexer.cli.config import load_config
@@ -26,10 +26,7 @@ from indexer.cli.run import run_child
 from indexer.sources import SyntheticSource
 
 COUNT = 600
-COLUMNS = (
-    '{ checkpoint = "BIGINT", digest = "TEXT", sender = "TEXT", event_count = "BIGINT", '
-    'timestamp_ms = "BIGINT" }'
-)
+COLUMNS = TRANSACTION_COLUMNS
 
 
 @pytest.fixture(scope="module")
