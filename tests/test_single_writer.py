@@ -98,23 +98,35 @@ def sqlite_digests(db: Path) -> list[str]:
     return found
 
 
-def first_run_committed(feed: Path, tmp_path: Path) -> tuple[Path, Path, Background]:
-    """A SQLite job and a run of it that has made its first commit (so it holds the lease)."""
+def first_run_committed(feed: Path, tmp_path: Path) -> tuple[Path, Path, Background, Path]:
+    """A SQLite job and a run of it that has made its first commit (so it holds the lease),
+    held at checkpoint ``COUNT // 2`` while the returned file exists: however slow the
+    machine, it holds the lease until the test removes that file."""
     db = tmp_path / "index.db"
     config = write_config(tmp_path / "config.toml", feed, f"sqlite:{db}")
-    first = run(config)
+    hold = tmp_path / "hold"
+    hold.touch()
+    first = Background.indexer(
+        "run",
+        "-c",
+        config,
+        "--last-checkpoint",
+        COUNT - 1,
+        env={"SLOW_WORKER_HOLD_FROM": str(COUNT // 2), "SLOW_WORKER_HOLD_WHILE": str(hold)},
+    )
     first.wait_until("a first commit", lambda: saved_watermark(db, PIPELINE))
-    return db, config, first
+    return db, config, first, hold
 
 
 def test_a_second_run_of_a_held_pipeline_refuses_at_start_naming_the_holder(
     feed: Path, tmp_path: Path
 ) -> None:
-    db, config, first = first_run_committed(feed, tmp_path)
+    db, config, first, hold = first_run_committed(feed, tmp_path)
     second = run(config)
     assert second.finish() == 2, second.describe()
     assert HELD.fullmatch(second.stderr_text), second.stderr_text
     assert f":{first.proc.pid} since" in second.stderr_text
+    hold.unlink()
     assert first.finish() == 0, first.describe()
     assert sqlite_digests(db) == expected_digests()  # every row once
 
@@ -156,7 +168,7 @@ def test_a_restart_right_after_a_sigkill_takes_the_dead_holders_lease_at_once(
     feed: Path, tmp_path: Path
 ) -> None:
     """The default lease lives 30 s: a restart that waited for it would refuse (exit 2)."""
-    db, config, first = first_run_committed(feed, tmp_path)
+    db, config, first, _hold = first_run_committed(feed, tmp_path)
     first.signal(signal.SIGKILL)
     assert first.finish() == -signal.SIGKILL
     second = run(config)
@@ -168,12 +180,13 @@ def test_a_restart_right_after_a_sigkill_takes_the_dead_holders_lease_at_once(
 def test_a_chunked_job_refuses_while_a_run_without_chunks_holds_the_pipeline(
     feed: Path, tmp_path: Path
 ) -> None:
-    db, config, first = first_run_committed(feed, tmp_path)
+    db, config, first, hold = first_run_committed(feed, tmp_path)
     chunked = Background.indexer(
         "run", "-c", config, "--last-checkpoint", COUNT - 1, "--processes", 2
     )
     assert chunked.finish() == 2, chunked.describe()
     assert chunked.stderr[-1].startswith("indexer: error: pipeline 'transactions' is held by ")
+    hold.unlink()
     assert first.finish() == 0, first.describe()
     assert sqlite_digests(db) == expected_digests()
 
@@ -258,7 +271,7 @@ async def test_the_json_file_store_is_held_by_an_os_lock(tmp_path: Path) -> None
 
 
 def test_reset_refuses_while_a_run_holds_the_pipeline(feed: Path, tmp_path: Path) -> None:
-    db, config, first = first_run_committed(feed, tmp_path)
+    db, config, first, hold = first_run_committed(feed, tmp_path)
     reset = run_indexer("reset", "-c", config, "--pipeline", PIPELINE, "--to", 0, "--force")
     assert reset.returncode == 2, reset.stderr
     assert reset.stderr == (
@@ -266,5 +279,6 @@ def test_reset_refuses_while_a_run_holds_the_pipeline(feed: Path, tmp_path: Path
         f"'{socket.gethostname()}:{first.proc.pid}'; stop every process of the job before "
         "a reset\n"
     )
+    hold.unlink()
     assert first.finish() == 0, first.describe()
     assert sqlite_digests(db) == expected_digests()
