@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import INDEXER, Background, command_env, run_indexer
+from harness import INDEXER, Background, command_env, run_indexer, saved_watermark
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="a POSIX terminal")
 
@@ -136,7 +136,9 @@ def test_the_summary_counts_checkpoints_per_pipeline_over_the_time_spent_working
         )
     config.write_text(config.read_text().replace("follow = false", "follow = true"))
     run = Background.indexer("run", "-c", config, "--log-format", "json", "--no-progress")
-    run.wait_for_event("caught up with the feed")
+    db = tmp_path / "index.db"
+    for pipeline in ("txs", "again"):
+        run.wait_until(f"{pipeline} done", lambda p=pipeline: saved_watermark(db, p) == COUNT)
     idle = 2.0  # the scenario itself: a run with nothing to do for a while
     time.sleep(idle)
     assert run.stop(signal.SIGTERM) == 0, run.describe()
