@@ -35,8 +35,12 @@ class ProgressDisplay:
         last_checkpoint: int | None,
         console: Console,
         others: Others | None = None,
+        starts: dict[str, int] | None = None,
     ) -> None:
         self.job = job
+        #: Where each pipeline began, when the caller read it before any process could
+        #: commit (``--processes``); else where the job's snapshots say it began.
+        self.starts = starts or {}
         self.last = last_checkpoint
         self.others = others
         self.console = console
@@ -85,9 +89,9 @@ class ProgressDisplay:
         job = self.snapshot()
         latest = job.feed_newest
         for pipeline in job.pipelines:
-            if pipeline.start is None:  # its run has not begun: no range to show yet
+            start = self.starts.get(pipeline.name, pipeline.start)
+            if start is None:  # its run has not begun: no range to show yet
                 continue
-            start = pipeline.start
             done = max(0, pipeline.watermark - start)
             total = max(1, self.last - start + 1) if self.last is not None else None
             then, before = self._previous.get(pipeline.name, (now, done))

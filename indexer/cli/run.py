@@ -48,10 +48,19 @@ def _run_processes(config: Config) -> str:
     executor = build_executor(share)  # imports and checks every pipeline before the children
     children: list[ChildSnapshots] = []
     clock = _Clock()
+    # Where the job begins, read before any child can commit: the bars show this run's range.
+    starts = run_on(config.run.event_loop, _saved_watermarks(config))
 
     def run_share(forward: Callable[[int], None], snapshots: ChildSnapshots) -> None:
         children.append(snapshots)
-        _run_here(share, on_signal=forward, executor=executor, others=snapshots, clock=clock)
+        _run_here(
+            share,
+            on_signal=forward,
+            executor=executor,
+            others=snapshots,
+            clock=clock,
+            starts=starts,
+        )
 
     try:
         failed = run_processes(share, config.scale.processes, run_share, run_child)
@@ -114,6 +123,7 @@ def _run_here(
     publish: Publish | None = None,
     others: Others | None = None,
     clock: _Clock | None = None,
+    starts: dict[str, int] | None = None,
 ) -> str:
     """Run in this process (a chunked share of the job when claims are set); ``on_signal`` is
     told of every stop signal this process gets, ``on_started`` called once everything is
@@ -146,7 +156,7 @@ def _run_here(
     clock = clock or _Clock()
     try:
         watermarks = run_on(
-            config.run.event_loop, _run(executor, config, on_signal, publish, others)
+            config.run.event_loop, _run(executor, config, on_signal, publish, others, starts)
         )
     finally:
         if server is not None:
@@ -203,9 +213,11 @@ async def _run(
     on_signal: Callable[[int], None] | None,
     publish: Publish | None,
     others: Others | None,
+    starts: dict[str, int] | None = None,
 ) -> dict[str, int]:
-    """The run, beside the tasks that show it: progress bars on a terminal, or (a child of
-    ``--processes``) its numbers sent to the parent every second and once at the end."""
+    """The run, beside the tasks that show it: progress bars on a terminal (from ``starts``,
+    when the caller knows where each pipeline began), or (a child of ``--processes``) its
+    numbers sent to the parent every second and once at the end."""
     beside: asyncio.Task[None] | None = None
     if publish is not None:
         beside = asyncio.create_task(_publish_every(publish, executor.job), name="publish")
@@ -215,7 +227,7 @@ async def _run(
         from .display import ProgressDisplay
 
         display = ProgressDisplay(
-            executor.job, config.run.last_checkpoint, Console(stderr=True), others
+            executor.job, config.run.last_checkpoint, Console(stderr=True), others, starts
         )
         beside = asyncio.create_task(display.run(), name="progress")
     try:
