@@ -170,13 +170,18 @@ class JobSnapshots:
         self.job = job
         self.others = others
 
-    def parts(self) -> list[JobSnapshot]:
-        own = _on_loop(self.job, lambda: take_snapshot(self.job), CONSISTENT_WAIT)
+    def parts(self, on_loop: bool = False) -> list[JobSnapshot]:
+        """Every process's snapshot, this one's first; ``on_loop``: called on the job's
+        event loop itself (the progress bars), which takes it at once."""
+        if on_loop:
+            own = take_snapshot(self.job)
+        else:
+            own = _on_loop(self.job, lambda: take_snapshot(self.job), CONSISTENT_WAIT)
         return [own, *(self.others() if self.others is not None else ())]
 
-    def merged(self) -> JobSnapshot:
+    def merged(self, on_loop: bool = False) -> JobSnapshot:
         """The whole job as one snapshot (what the progress bars and ``/readyz`` read)."""
-        return merge(self.parts())
+        return merge(self.parts(on_loop))
 
 
 def readiness(

@@ -585,3 +585,35 @@ async def test_unusable_sqlite_path_is_a_progress_store_error(tmp_path: Path) ->
     with pytest.raises(ProgressStoreError, match="cannot open claim database"):
         await store.claim("p", 0, "a", ttl=1)
     await store.close()
+
+
+async def test_failed_lease_renewals_are_counted_and_a_recovered_lease_is_kept(
+    tmp_path: Path,
+) -> None:
+    """``keep_alive`` tells of every renewal that failed (``indexer_lease_renewal_failures_total``)
+    and keeps the lease when a renewal then succeeds."""
+    from indexer.claims.lease import keep_alive
+
+    class Flaky(SqliteClaimStore):
+        calls = 0
+
+        async def extend(self, claim: Claim, ttl: float) -> Claim:
+            Flaky.calls += 1
+            if Flaky.calls <= 2:
+                raise OSError("the database is away")
+            return await super().extend(claim, ttl)
+
+    async with Flaky(tmp_path / "claims.db") as store:
+        await store.ensure_chunks("p", 1)
+        claim = await store.claim("p", 0, "me", ttl=2.0)
+        assert claim is not None
+        failures: list[int] = []
+        lost: list[str] = []
+        task = asyncio.create_task(
+            keep_alive(store, claim, 2.0, lost.append, on_failure=lambda: failures.append(1))
+        )
+        while Flaky.calls < 4:  # two failures, then two renewals
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert len(failures) == 2 and lost == []

@@ -32,7 +32,6 @@ COUNT = 1200
 HOLD_FROM = 800  # checkpoints from here on wait while the hold file exists
 CHUNK = 100
 DEADLINE = 60.0
-COLUMNS = TRANSACTION_COLUMNS
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +74,7 @@ concurrency = 4
 class = "reducers.sqlite:SqliteSink"
 max_batch_size = 10
 max_batch_age = 0.05
-options = {{ table = "rows", columns = {COLUMNS} }}
+options = {{ table = "rows", columns = {TRANSACTION_COLUMNS} }}
 """
     )
     return path

@@ -26,7 +26,6 @@ from indexer.cli.run import run_child
 from indexer.sources import SyntheticSource
 
 COUNT = 600
-COLUMNS = TRANSACTION_COLUMNS
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +54,7 @@ def write_config(
 ) -> Path:
     """The job's config; with ``schema`` (PostgreSQL) the indexer's tables and the sink's
     live in that schema."""
-    options = f'table = "{table}", columns = {COLUMNS}'
+    options = f'table = "{table}", columns = {TRANSACTION_COLUMNS}'
     if schema is not None:
         options += f', schema = "{schema}"'
     path.write_text(

@@ -17,8 +17,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from ..metrics import Others
-from ..snapshot import JobSnapshot, merge, take_snapshot
+from ..metrics import JobSnapshots, Others
 from ..stats import JobView
 from .logs import LineWriter
 
@@ -37,12 +36,11 @@ class ProgressDisplay:
         others: Others | None = None,
         starts: dict[str, int] | None = None,
     ) -> None:
-        self.job = job
+        self.snapshots = JobSnapshots(job, others)
         #: Where each pipeline began, when the caller read it before any process could
         #: commit (``--processes``); else where the job's snapshots say it began.
         self.starts = starts or {}
         self.last = last_checkpoint
-        self.others = others
         self.console = console
         bounded = last_checkpoint is not None
         self.progress = Progress(
@@ -60,11 +58,6 @@ class ProgressDisplay:
         )
         self._tasks: dict[str, Any] = {}
         self._previous: dict[str, tuple[float, int]] = {}
-
-    def snapshot(self) -> JobSnapshot:
-        """The job now (called on its event loop)."""
-        own = take_snapshot(self.job)
-        return merge([own, *self.others()]) if self.others is not None else own
 
     async def run(self, interval: float = 0.5) -> None:
         """Refresh until cancelled; then draw the final numbers once more."""
@@ -86,7 +79,7 @@ class ProgressDisplay:
 
     def update(self, now: float) -> None:
         """Draw the job's numbers as they are at ``now`` (the loop's clock)."""
-        job = self.snapshot()
+        job = self.snapshots.merged(on_loop=True)
         latest = job.feed_newest
         for pipeline in job.pipelines:
             start = self.starts.get(pipeline.name, pipeline.start)
