@@ -1,9 +1,8 @@
-"""IndexerExecutor: one reader shared by every registered pipeline, and the run's lifecycle."""
+"""IndexerExecutor: the run of every registered pipeline over one feed, and its lifecycle."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,11 +11,12 @@ from ._log import log
 from ._signals import TwoSignalStop
 from .checkpoint import CheckpointDecoder
 from .claims.lease import default_owner
+from .cohorts import DEFAULT_COHORT_BYTES, DEFAULT_COHORT_DISTANCE, CohortReader
 from .errors import ConfigurationError, FeedEndedEarly, ShutdownAborted
 from .pipeline import PipelineRun, WorkerPool
 from .progress import MemoryProgressStore, ProgressStore
 from .sources import CheckpointSource, SourcedBatch
-from .stats import CheckpointTimes, FeedStats, JobView
+from .stats import FeedStats, JobView
 
 __all__ = ["IndexerExecutor", "check_range", "poll_feed"]
 
@@ -37,8 +37,9 @@ def check_range(first: int | None, last: int | None) -> None:
 class IndexerExecutor:
     """Runs registered pipelines over one checkpoint source.
 
-    The reader starts at the lowest saved watermark among the pipelines and each pipeline skips
-    what it already did. ``run`` returns each pipeline's final watermark. The first SIGINT or
+    Each pipeline starts at its saved watermark; pipelines close together read the feed once,
+    pipelines far apart each on their own (``CohortReader``), so none waits for a slower one.
+    ``run`` returns each pipeline's final watermark. The first SIGINT or
     SIGTERM (or ``request_stop``) stops reading, lets running calls finish, flushes reducers and
     saves watermarks; a second one aborts at once (``ShutdownAborted``) without corrupting the
     progress store. ``job`` is what the metrics endpoint and the progress bars read: each
@@ -63,6 +64,8 @@ class IndexerExecutor:
         job: JobView | None = None,
         lease_ttl: float = 30.0,
         owner: str | None = None,
+        cohort_distance: int = DEFAULT_COHORT_DISTANCE,
+        cohort_bytes: int = DEFAULT_COHORT_BYTES,
     ) -> None:
         self.progress_store = (
             progress_store if progress_store is not None else MemoryProgressStore()
@@ -76,6 +79,13 @@ class IndexerExecutor:
         self.job = job if job is not None else JobView()
         self.lease_ttl = lease_ttl
         self.owner = owner or default_owner()
+        for key, value in (("cohort_distance", cohort_distance), ("cohort_bytes", cohort_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"must be a positive integer, got {value!r}", key=key)
+        #: How far apart (in checkpoints) pipelines may be and still read the feed once, and
+        #: the most encoded bytes a cohort keeps for its members behind (``indexer.cohorts``).
+        self.cohort_distance = cohort_distance
+        self.cohort_bytes = cohort_bytes
         self._pools: dict[str, WorkerPool[Any, Any]] = {}
         self._stop: asyncio.Event | None = None  # created inside run (needs a running loop)
         self._signals = TwoSignalStop(
@@ -171,7 +181,6 @@ class IndexerExecutor:
         if not active:
             log.info("nothing to do: every pipeline is past last_checkpoint", last=last)
             return starts
-        times = CheckpointTimes()  # for each pipeline's newest committed checkpoint's timestamp
         runs = [
             PipelineRun(
                 pool,
@@ -180,7 +189,6 @@ class IndexerExecutor:
                 stats=self.job.pipeline(pool.name).stats,
                 on_halt=self._on_halt,
                 timed=self.timing,
-                times=times,
             )
             for pool in active
         ]
@@ -190,8 +198,7 @@ class IndexerExecutor:
                 run.start_tasks()
                 started.append(run)
                 self.job.pipeline(run.name).attach(run)
-            reader_start = min(run.start for run in runs)
-            watermarks = await self._drive(source, decoder, runs, reader_start, last, times)
+            watermarks = await self._drive(source, decoder, runs, last)
             return {**starts, **watermarks}
         except asyncio.CancelledError:
             for run in started:
@@ -210,18 +217,25 @@ class IndexerExecutor:
         source: CheckpointSource,
         decoder: CheckpointDecoder[Any],
         runs: list[PipelineRun],
-        start: int,
         last: int | None,
-        times: CheckpointTimes,
     ) -> dict[str, int]:
         """Read until done or stopped, then end every run; their saved watermarks."""
         assert self._stop is not None
-        stream = (
-            source.stream(start, decoder)
-            if last is None
-            else source.stream_to(start, last, decoder)
+
+        def open_stream(start: int) -> AsyncIterator[SourcedBatch]:
+            if last is None:
+                return source.stream(start, decoder)
+            return source.stream_to(start, last, decoder)
+
+        cohorts = CohortReader(
+            open_stream,
+            runs,
+            last,
+            job=self.job,
+            distance=self.cohort_distance,
+            max_bytes=self.cohort_bytes,
         )
-        reader = asyncio.create_task(self._read(stream, runs, last, times), name="reader")
+        reader = asyncio.create_task(cohorts.run(), name="reader")
         stopper = asyncio.create_task(self._stop.wait(), name="stop")
         pruner = asyncio.create_task(self._prune(source, runs), name="prune")
         poller = asyncio.create_task(self._poll_feed(source), name="feed")
@@ -263,49 +277,6 @@ class IndexerExecutor:
             # the lowest watermark is the first checkpoint it did not deliver.
             raise FeedEndedEarly(min(watermarks.values()), last, watermarks)
         return watermarks
-
-    async def _read(
-        self,
-        stream: AsyncIterator[SourcedBatch],
-        runs: list[PipelineRun],
-        last: int | None,
-        times: CheckpointTimes,
-    ) -> None:
-        """Hand every pipeline each checkpoint of ``stream`` up to ``last``, keeping their
-        timestamps in ``times``."""
-        feed = self.job.feed
-        one = runs[0] if len(runs) == 1 else None
-        async with contextlib.aclosing(stream):  # type: ignore[type-var]
-            async for batch in stream:
-                if not batch:
-                    continue
-                feed.bytes_read += sum(size for _, size in batch)
-                feed.last_read = newest = batch[-1][0].sequence_number
-                if times.enabled:
-                    lowest = one.watermark if one else min(run.watermark for run in runs)
-                    times.add(batch, lowest)
-                if len(runs) == 1 and (last is None or newest < last):
-                    # The common case, a batch for one pipeline short of ``last``: as much of
-                    # it as the window takes in one go, then the rest one by one.
-                    run = runs[0]
-                    taken = run.offer_run(batch)
-                    offer, submit = run.offer, run.submit
-                    for checkpoint, size in batch[taken:] if taken else batch:
-                        if not offer(checkpoint, size):
-                            await submit(checkpoint, size)
-                    if run.error is not None:
-                        return
-                    continue
-                for checkpoint, size in batch:
-                    for run in runs:
-                        if not run.offer(checkpoint, size):
-                            await run.submit(checkpoint, size)
-                    if checkpoint.sequence_number == last:
-                        log.info("reached last_checkpoint", last=last)
-                        return
-                if all(run.error is not None for run in runs):
-                    return
-        log.info("source exhausted")
 
     async def _prune(self, source: CheckpointSource, runs: list[PipelineRun]) -> None:
         pruned = -1

@@ -332,7 +332,50 @@ def _families(job: JobSnapshot, parts: list[JobSnapshot]) -> Iterator[Metric]:
     for reason in FETCH_RETRY_REASONS:
         fetch_retries.add_metric([reason], job.feed_fetch_retries.get(reason, 0))
     yield fetch_retries
+    yield from _cohort_families(job)
     yield from _process_families(parts)
+
+
+def _cohort_families(job: JobSnapshot) -> Iterator[Metric]:
+    """What each cohort (pipelines sharing one read of the feed) read, and its members:
+    bytes read per checkpoint stays about one checkpoint's size while pipelines run together."""
+    yield CounterMetricFamily(
+        "indexer_feed_checkpoints_read",
+        "Checkpoints read from the feed by every cohort together (more than the feed holds "
+        "when cohorts far apart read the same ones).",
+        job.feed_checkpoints,
+    )
+    yield GaugeMetricFamily(
+        "indexer_cohorts",
+        "Cohorts reading the feed now: one per group of pipelines close together.",
+        value=len(job.cohorts),
+    )
+    read = CounterMetricFamily(
+        "indexer_cohort_checkpoints_read",
+        "Checkpoints this cohort read from the feed.",
+        labels=["cohort"],
+    )
+    read_bytes = CounterMetricFamily(
+        "indexer_cohort_bytes_read",
+        "Encoded checkpoint bytes this cohort read from the feed.",
+        labels=["cohort"],
+    )
+    position = GaugeMetricFamily(
+        "indexer_cohort_position", "The next checkpoint this cohort reads.", labels=["cohort"]
+    )
+    members = GaugeMetricFamily(
+        "indexer_cohort_member",
+        "1 for each pipeline in the cohort (pipelines move between cohorts as they drift apart "
+        "or catch up).",
+        labels=["cohort", "pipeline"],
+    )
+    for cohort in job.cohorts:
+        read.add_metric([cohort.name], cohort.checkpoints_read)
+        read_bytes.add_metric([cohort.name], cohort.bytes_read)
+        position.add_metric([cohort.name], cohort.position)
+        for pipeline in cohort.pipelines:
+            members.add_metric([cohort.name, pipeline], 1)
+    yield from (read, read_bytes, position, members)
 
 
 def _chunk_families(pipelines: list[PipelineSnapshot]) -> Iterator[Metric]:

@@ -15,7 +15,14 @@ import msgspec
 
 from .stats import Histogram, JobView, PipelineView
 
-__all__ = ["HistogramSnapshot", "JobSnapshot", "PipelineSnapshot", "merge", "take_snapshot"]
+__all__ = [
+    "CohortSnapshot",
+    "HistogramSnapshot",
+    "JobSnapshot",
+    "PipelineSnapshot",
+    "merge",
+    "take_snapshot",
+]
 
 
 class HistogramSnapshot(msgspec.Struct, array_like=True, frozen=True):
@@ -92,6 +99,19 @@ class PipelineSnapshot(msgspec.Struct, kw_only=True, frozen=True):
     histograms: dict[str, HistogramSnapshot] = {}
 
 
+class CohortSnapshot(msgspec.Struct, kw_only=True, frozen=True):
+    """Pipelines sharing one read of the feed (``indexer.cohorts``): what that read took.
+
+    ``name`` is its number in its process (``"2"``), prefixed by the process in a
+    ``--processes`` child's (``"1.2"``)."""
+
+    name: str
+    pipelines: tuple[str, ...]
+    position: int
+    checkpoints_read: int
+    bytes_read: int
+
+
 class JobSnapshot(msgspec.Struct, kw_only=True, frozen=True):
     """Every pipeline of one process (``process``: 0 the parent or a lone process, N the
     ``--processes`` child N; merged, ``processes`` lists them all) and its feed."""
@@ -101,12 +121,14 @@ class JobSnapshot(msgspec.Struct, kw_only=True, frozen=True):
     taken_at: float
     pipelines: list[PipelineSnapshot]
     feed_bytes: int = 0
+    feed_checkpoints: int = 0
     feed_last_read: int | None = None
     feed_latest: int | None = None
     #: Why the feed cannot be read now (a missing directory, failing requests), else None.
     feed_problem: str | None = None
     #: A remote feed's requests retried, by reason (``FeedStats.fetch_retries``).
     feed_fetch_retries: dict[str, int] = {}
+    cohorts: list[CohortSnapshot] = []
 
     @property
     def feed_newest(self) -> int | None:
@@ -160,10 +182,21 @@ def take_snapshot(job: JobView, process: int = 0) -> JobSnapshot:
         taken_at=time.time(),
         pipelines=[_pipeline(view) for view in list(job.pipelines.values())],
         feed_bytes=feed.bytes_read,
+        feed_checkpoints=feed.checkpoints_read,
         feed_last_read=feed.last_read,
         feed_latest=feed.latest,
         feed_problem=feed.problem,
         feed_fetch_retries=dict(feed.fetch_retries),
+        cohorts=[
+            CohortSnapshot(
+                name=str(cohort.number) if not process else f"{process}.{cohort.number}",
+                pipelines=cohort.pipelines,
+                position=cohort.position,
+                checkpoints_read=cohort.checkpoints_read,
+                bytes_read=cohort.bytes_read,
+            )
+            for cohort in list(job.cohorts.values())
+        ],
     )
 
 
@@ -222,10 +255,12 @@ def merge(snapshots: Sequence[JobSnapshot]) -> JobSnapshot:
         taken_at=max(s.taken_at for s in snapshots),
         pipelines=[_merge_pipeline(parts) for parts in names.values()],
         feed_bytes=sum(s.feed_bytes for s in snapshots),
+        feed_checkpoints=sum(s.feed_checkpoints for s in snapshots),
         feed_last_read=_newest([s.feed_last_read for s in snapshots]),
         feed_latest=_newest([s.feed_latest for s in snapshots]),
         feed_problem=next((s.feed_problem for s in snapshots if s.feed_problem), None),
         feed_fetch_retries=_sum_counts([s.feed_fetch_retries for s in snapshots]),
+        cohorts=[cohort for s in snapshots for cohort in s.cohorts],
     )
 
 

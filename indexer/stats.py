@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "CheckpointTimes",
+    "CohortStats",
     "FeedStats",
     "Histogram",
     "JobView",
@@ -116,18 +117,42 @@ class PipelineStats:
 
 
 class FeedStats:
-    """What the reader saw of the feed."""
+    """What the reader saw of the feed (every cohort together)."""
 
-    __slots__ = ("bytes_read", "fetch_retries", "last_read", "latest", "problem")
+    __slots__ = (
+        "bytes_read",
+        "checkpoints_read",
+        "fetch_retries",
+        "last_read",
+        "latest",
+        "problem",
+    )
 
     def __init__(self) -> None:
         self.bytes_read = 0
+        #: Checkpoints read from the feed: as many as were processed when pipelines that run
+        #: together read it once, more when cohorts far apart read the same ones.
+        self.checkpoints_read = 0
         self.latest: int | None = None  # newest checkpoint the feed holds, when known
         self.last_read: int | None = None
         #: A remote feed's requests retried, by reason (``indexer_feed_fetch_retries_total``).
         self.fetch_retries: dict[str, int] = dict.fromkeys(FETCH_RETRY_REASONS, 0)
         #: Why the feed cannot be read now, as the feed poller last found (None: it can).
         self.problem: str | None = None
+
+
+class CohortStats:
+    """What one cohort (pipelines sharing one read of the feed) read, and who is in it."""
+
+    __slots__ = ("bytes_read", "checkpoints_read", "number", "pipelines", "position")
+
+    def __init__(self, number: int, position: int) -> None:
+        self.number = number
+        #: The next checkpoint this cohort reads.
+        self.position = position
+        self.pipelines: tuple[str, ...] = ()
+        self.checkpoints_read = 0
+        self.bytes_read = 0
 
 
 class CheckpointTimes:
@@ -283,11 +308,13 @@ class JobView:
     so that a reader on another thread can ask it for a consistent look (``IndexerCollector``).
     """
 
-    __slots__ = ("feed", "loop", "pipelines")
+    __slots__ = ("cohorts", "feed", "loop", "pipelines")
 
     def __init__(self) -> None:
         self.feed = FeedStats()
         self.pipelines: dict[str, PipelineView] = {}
+        #: The cohorts reading the feed now, by number (``indexer.cohorts``).
+        self.cohorts: dict[int, CohortStats] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def pipeline(self, name: str) -> PipelineView:

@@ -173,11 +173,14 @@ def build_executor(
     """An executor with the selected pipelines (``run.pipelines``, or all) registered."""
     if not config.pipelines:
         raise ConfigurationError(f"{config.origin}: no [pipelines.NAME] configured")
-    executor = IndexerExecutor(
-        store or build_store(config),
-        handle_signals=handle_signals,
-        lease_ttl=config.scale.lease_ttl,
-    )
+    with named(config, "run"):
+        executor = IndexerExecutor(
+            store or build_store(config),
+            handle_signals=handle_signals,
+            lease_ttl=config.scale.lease_ttl,
+            cohort_distance=config.run.cohort_distance,
+            cohort_bytes=config.run.cohort_bytes,
+        )
     selected = config.run.pipelines or list(config.pipelines)
     for name in selected:
         executor.register(build_pool(config, name, config.pipelines[name]))

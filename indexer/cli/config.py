@@ -82,6 +82,10 @@ class RunConfig(_Section):
     pipelines: list[str] = msgspec.field(default_factory=list)
     #: "auto" (uvloop when installed), "uvloop" or "asyncio".
     event_loop: EventLoopName = "auto"
+    #: Pipelines within this many checkpoints of each other read the feed once (a cohort).
+    cohort_distance: int = _default(IndexerExecutor, "cohort_distance")
+    #: The most encoded bytes a cohort keeps for its members behind its newest checkpoint.
+    cohort_bytes: int = _default(IndexerExecutor, "cohort_bytes")
 
 
 class MetricsConfig(_Section):
