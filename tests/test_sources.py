@@ -329,6 +329,32 @@ async def test_follow_waits_at_a_gap_and_logs_it_once(tmp_path: Path) -> None:
     assert gaps[0]["log_level"] == "warning"
 
 
+async def test_a_file_a_listing_missed_while_it_was_renamed_in_is_no_gap(tmp_path: Path) -> None:
+    """A directory listed while a producer renames files into it can show file n + 1 and
+    not n (entries come in hash order, not creation order): that is no gap."""
+    await make_feed(tmp_path, 6)
+    late = tmp_path / "2.chk"
+    saved = late.read_bytes()
+    late.unlink()
+
+    class ListedMidRename(LocalDirectorySource):
+        def _names(self) -> Any:  # the producer renames 2.chk in while the listing runs
+            names = [n for n in os.listdir(self.path) if n != "2.chk"]
+            late.write_bytes(saved)
+            return iter(names)
+
+    source = ListedMidRename(tmp_path, poll_interval=POLL)
+    seen: list[int] = []
+    with capture_logs() as logs:
+        async with aclosing(source.stream(0, CheckpointDecoder())) as batches:
+            while len(seen) < 6:
+                batch = await asyncio.wait_for(anext(batches), 2.0)
+                seen.extend(cp.sequence_number for cp, _ in batch)
+    await source.close()
+    assert seen == list(range(6))
+    assert not [e for e in logs if e["event"] == "gap in feed"]
+
+
 async def test_finite_feed_ends_at_a_gap(tmp_path: Path) -> None:
     await make_feed(tmp_path, 6)
     (tmp_path / "2.chk").unlink()

@@ -181,6 +181,11 @@ class LocalDirectorySource(CheckpointSource):
                 next_present = n
         if newest >= 0:
             self._latest = newest
+        if next_present is not None and not has_missing:
+            # A listing of a directory being written to may miss a name added during it
+            # (entries come in hash order): a producer writing in order renamed ``missing``
+            # before any later file, so a look now tells a gap from a file the listing missed.
+            has_missing = self._exists(missing)
         return _Listing(True, has_missing, next_present)
 
     def _has_newer(self, n: int, full: bool) -> bool:
