@@ -27,7 +27,7 @@ def run_bench(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
         [INDEXER, "bench", "--quick", *args],
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=150,
         env={**os.environ, **(env or {})},
         check=False,
     )
@@ -67,7 +67,7 @@ def check_pipeline_results(results: dict[str, dict[str, Any]], database: str) ->
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(130)
+@pytest.mark.timeout(170)
 def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
     dsn = os.environ.get("INDEXER_TEST_POSTGRES_DSN")
     args = ["--json", "--plot", str(tmp_path / "iobound.png")]
@@ -91,6 +91,8 @@ def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
         "pipeline-sqlite-2p",
         "remote",
         "remote-latency",
+        "cohorts",
+        "cohort-tip",
     }
     if dsn:
         expected |= {"reducer-postgres", "pipeline-postgres"}
@@ -99,6 +101,9 @@ def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
     assert expected <= set(results) <= expected | {"feed-on-disk"}
     assert {name.split("-")[0] for name in results} >= {n.split("-")[0] for n in SCENARIOS}
     assert results["scale-out"]["details"]["bare_two_process_speedup"] > 0
+    # Two pipelines at one pace read the feed once; a newcomer read it apart, then joined.
+    assert results["cohorts"]["details"]["read_per_checkpoint_two_together"] <= 1.05
+    assert 1.0 <= results["cohort-tip"]["details"]["checkpoints_read_per_feed_checkpoint"] < 2
     check_pipeline_results(results, "sqlite")
     if dsn:
         check_pipeline_results(results, "postgres")

@@ -97,6 +97,18 @@ def _remote(quick: bool, options: dict[str, Any]) -> list[Result]:
     return remote.run(quick, options.get("event_loop", "auto"))
 
 
+def _cohorts(quick: bool, options: dict[str, Any]) -> list[Result]:
+    from . import cohorts
+
+    return cohorts.run_pace(quick, options.get("event_loop", "auto"))
+
+
+def _cohort_tip(quick: bool, options: dict[str, Any]) -> list[Result]:
+    from . import cohorts
+
+    return cohorts.run_tip(quick, options.get("event_loop", "auto"))
+
+
 #: Scenario name -> runner(quick, options) -> results, in the order they run.
 SCENARIOS: dict[str, Callable[[bool, dict[str, Any]], list[Result]]] = {
     "dispatch": _dispatch,
@@ -111,14 +123,21 @@ SCENARIOS: dict[str, Callable[[bool, dict[str, Any]], list[Result]]] = {
     "pipeline-sqlite-2p": _pipeline_sqlite_2p,
     "pipeline-postgres-2p": _pipeline_postgres_2p,
     "remote": _remote,
+    "cohorts": _cohorts,
+    "cohort-tip": _cohort_tip,
 }
 
 
 def _run_scenario(name: str, quick: bool, options: dict[str, Any]) -> list[Result]:
     """One scenario, in the fresh interpreter ``run_scenarios`` starts for it."""
+    import sys
+
     import structlog
 
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))  # warnings
+    structlog.configure(  # warnings, to stderr: stdout is the table or the JSON
+        wrapper_class=structlog.make_filtering_bound_logger(30),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
     return SCENARIOS[name](quick, options)
 
 
