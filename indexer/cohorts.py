@@ -67,7 +67,8 @@ class Cohort:
         self._first_index = 0
         self._kept = 0  # checkpoints in _batches
         self._kept_bytes = 0
-        self._reading: asyncio.Future[None] | None = None
+        self._reading = False  # a member is reading the next batch
+        self._read_done: asyncio.Future[None] | None = None  # made for those who wait on it
         self._failed: BaseException | None = None
         self.exhausted = False
         #: The next checkpoint this cohort reads from the feed.
@@ -127,12 +128,15 @@ class Cohort:
             await self._read()
 
     async def _read(self) -> None:
-        """Read the next batch from the feed, or wait for the member already reading it."""
-        reading = self._reading
-        if reading is not None:
-            await asyncio.shield(reading)
+        """Read the next batch from the feed, or wait for the member already reading it (a
+        future only when someone waits: a lone pipeline reads at the pace of a bare loop)."""
+        if self._reading:
+            done = self._read_done
+            if done is None:
+                done = self._read_done = asyncio.get_running_loop().create_future()
+            await asyncio.shield(done)
             return
-        self._reading = reading = asyncio.get_running_loop().create_future()
+        self._reading = True
         try:
             while True:
                 batch = await anext(self._stream)
@@ -145,8 +149,11 @@ class Cohort:
             self._failed = exc
             raise
         finally:
-            self._reading = None
-            reading.set_result(None)
+            self._reading = False
+            done = self._read_done
+            if done is not None:
+                self._read_done = None
+                done.set_result(None)
 
     def _kept_read(self, batch: SourcedBatch) -> None:
         size = 0
@@ -171,7 +178,8 @@ class Cohort:
                 else min(m.run.watermark for m in members)
             )
             times.add(batch, lowest)
-        self._release()
+        if len(self._batches) > 1:
+            self._release()
 
     def _release(self) -> None:
         """Drop the oldest batches: those every member has passed (unless another cohort
@@ -333,7 +341,9 @@ class CohortReader:
                 if last is not None and batch[-1][0].sequence_number >= last:
                     await self._hand(run, [p for p in batch if p[0].sequence_number <= last])
                     return
-                await self._hand(run, batch)
+                taken = run.offer_run(batch)  # the window takes it all, mostly: no coroutine
+                if taken < len(batch):
+                    await self._hand(run, batch[taken:])
                 if run.error is not None:
                     return
                 if len(self._cohorts) > 1:
