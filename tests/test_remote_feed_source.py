@@ -197,6 +197,30 @@ def test_bad_settings_are_configuration_errors_naming_their_key() -> None:
 # -- file names, compression, codecs, a decode hook ---------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("url", "template", "n", "expected"),
+    [
+        ("http://h:80/feed/", "{seq}.chk", 7, "http://h/feed/7.chk"),
+        ("https://h", "{seq:08d}.chk.zst", 12, "https://h/00000012.chk.zst"),
+        (
+            "http://u:p%40x@h:8080/a",
+            "x y/{seq:>3}.chk",
+            7,
+            "http://u:p%40x@h:8080/a/x%20y/%20%207.chk",
+        ),
+        ("http://[::1]:8080/feed", "ü-{seq}~_.chk", 5, "http://[::1]:8080/feed/%C3%BC-5~_.chk"),
+    ],
+)
+def test_a_request_goes_to_the_feed_url_and_the_file_name_quoted(
+    url: str, template: str, n: int, expected: str
+) -> None:
+    source = HttpSource(url, file_template=template)
+    request = source._request_url(n)
+    assert str(request) == expected
+    assert request.user == (None if "@" not in url else "u")
+    assert request.password == (None if "@" not in url else "p@x")
+
+
 def checkpoints(count: int) -> list[Checkpoint]:
     source = SyntheticSource()
     return [source.checkpoint_at(n) for n in range(count)]
