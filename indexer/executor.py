@@ -66,6 +66,7 @@ class IndexerExecutor:
         owner: str | None = None,
         cohort_distance: int = DEFAULT_COHORT_DISTANCE,
         cohort_bytes: int = DEFAULT_COHORT_BYTES,
+        retention: bool = True,
     ) -> None:
         self.progress_store = (
             progress_store if progress_store is not None else MemoryProgressStore()
@@ -85,6 +86,9 @@ class IndexerExecutor:
         #: How far apart (in checkpoints) pipelines may be and still read the feed once, and
         #: the most encoded bytes a cohort keeps for its members behind (``indexer.cohorts``).
         self.cohort_distance = cohort_distance
+        #: Whether pipelines with a ``retention`` prune in this run (a chunked job's runner
+        #: prunes them instead, by the job's watermark).
+        self.retention = retention
         self.cohort_bytes = cohort_bytes
         self._pools: dict[str, WorkerPool[Any, Any]] = {}
         self._stop: asyncio.Event | None = None  # created inside run (needs a running loop)
@@ -189,6 +193,7 @@ class IndexerExecutor:
                 stats=self.job.pipeline(pool.name).stats,
                 on_halt=self._on_halt,
                 timed=self.timing,
+                prune=self.retention,
             )
             for pool in active
         ]

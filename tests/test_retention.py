@@ -284,6 +284,30 @@ def test_a_live_run_keeps_only_the_newest_checkpoints_rows(
     assert sum(e["rows"] for e in pruned) == sum(rows_per_checkpoint(0, COUNT - 100).values())
 
 
+def test_a_job_in_chunks_prunes_below_the_jobs_watermark_each_row_once(
+    feed: Path, tmp_path: Path, shared_target: Target
+) -> None:
+    """``--processes 2``, chunks of 100: every process prunes below the job's watermark (its
+    done chunks' contiguous prefix), never below a chunk's own; each row goes once."""
+    target = shared_target
+    port = free_port()
+    config = write_config(tmp_path, feed, target, retention=150, metrics_port=port)
+    run = Background.indexer("run", "-c", config, "--processes", "2", "--chunk-size", "100")
+    run.wait_until("the pruned mark at 450", lambda: target.mark() == COUNT - 150)
+
+    def scraped_mark() -> str | None:
+        text = scrape(port)
+        return text if pruned_below_metric(text) == COUNT - 150 else None
+
+    text = run.wait_until("the mark as the parent's metric", scraped_mark)
+    check_metrics_with_promtool(text)
+    assert run.stop() == 0, run.describe()
+    assert target.rows() == rows_per_checkpoint(COUNT - 150)
+    pruned = [e for e in run.events() if e["event"] == "pruned"]
+    assert sum(e["rows"] for e in pruned) == sum(rows_per_checkpoint(0, COUNT - 150).values())
+    assert status_row(config)["pruned_below"] == COUNT - 150
+
+
 def test_a_kill_mid_prune_leaves_the_mark_low_and_the_next_run_finishes_it(
     feed: Path, tmp_path: Path, shared_target: Target
 ) -> None:
@@ -388,12 +412,8 @@ def test_reset_lowers_the_mark_and_drop_forgets_it(feed: Path, tmp_path: Path) -
             "pipelines.transactions.retention is set, but SqliteSink 'transactions' cannot prune "
             "its rows: it records no checkpoint of them (checkpoint_column)",
         ),
-        (
-            {"processes": 2},
-            "pipelines.transactions.retention cannot be used with scale-out",
-        ),
     ],
-    ids=["zero", "jsonl", "no checkpoint column", "scale-out"],
+    ids=["zero", "jsonl", "no checkpoint column"],
 )
 def test_a_retention_the_pipeline_cannot_honour_stops_the_run_at_start(
     feed: Path, tmp_path: Path, change: dict[str, Any], error: str
@@ -401,7 +421,6 @@ def test_a_retention_the_pipeline_cannot_honour_stops_the_run_at_start(
     db = tmp_path / "index.db"
     target = SqliteTarget(db, db)
     retention = change.pop("retention", 10)
-    processes = change.pop("processes", None)
     if change.get("sink") == "reducers:JsonlSink":
         reducer = {
             "class": "reducers:JsonlSink",
@@ -410,8 +429,7 @@ def test_a_retention_the_pipeline_cannot_honour_stops_the_run_at_start(
         config = write_config(tmp_path, feed, target, retention=retention, reducer=reducer)
     else:
         config = write_config(tmp_path, feed, target, retention=retention, **change)
-    args = ["--processes", processes] if processes else []
-    done = run_indexer("run", "-c", config, *args)
+    done = run_indexer("run", "-c", config)
     assert done.returncode == 2, done.stderr
     assert done.stderr == f"indexer: error: {config}: {error}\n"
     assert target.rows() == Counter()  # nothing ran

@@ -5,7 +5,9 @@ the lowest available chunk, runs the pipeline over it with its own executor (the
 progress fenced by the lease), renews the lease on a heartbeat, and releases the chunk as done.
 It goes on until every chunk up to ``last`` is done (waiting for other processes' chunks, and
 taking over any whose lease expires), or until it is stopped. After each chunk the pipeline's
-watermark is raised to the contiguous prefix of completed work.
+watermark is raised to the contiguous prefix of completed work. A pipeline with a retention is
+pruned here, below that job-wide watermark (a chunk's run knows only its chunk): every process
+of the job prunes, each skipping what another already did.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from .._gc import tuned_gc
@@ -29,14 +32,21 @@ from ..claims.lease import (
 from ..errors import ConfigurationError, FeedEndedEarly, FencingError, ShutdownAborted
 from ..executor import IndexerExecutor, check_range, poll_feed
 from ..pipeline import WorkerPool
+from ..pipeline.pruner import RetentionPruner
 from ..progress import ProgressStore
 from ..retry import sleep_unless_set
 from ..sources import CheckpointSource
-from ..stats import JobView
+from ..stats import JobView, PipelineView
 from .job_watermark import JobWatermarkWatcher, job_watermark
 from .progress import ChunkProgressStore
 
 __all__ = ["ChunkedRunner", "check_chunking"]
+
+
+def _job_watermark_of(view: PipelineView) -> int:
+    """The job-wide watermark ``view`` holds (0 before it is known)."""
+    return view.job_watermark or 0
+
 
 #: Seconds between two looks, at the start, for the first file a chunk has read.
 _FIRST_READ_CHECK = 0.01
@@ -74,13 +84,6 @@ class ChunkedRunner:
         check_chunking(chunk_size, lease_ttl)
         if not pools:
             raise ConfigurationError("no pipelines to run")
-        for pool in pools:  # a chunk's run knows its chunk, not the pipeline's watermark
-            if pool.retention is not None:
-                raise ConfigurationError(
-                    "cannot be used with scale-out (chunks)",
-                    key="retention",
-                    where=f"pipeline {pool.name!r}",
-                )
         self.progress_store = progress_store
         self.claims = claims
         self.pools = pools
@@ -125,6 +128,7 @@ class ChunkedRunner:
         self.job.loop = asyncio.get_running_loop()
         poller: asyncio.Task[None] | None = None
         watching: asyncio.Task[None] | None = None
+        pruners: list[RetentionPruner] = []
         await self.progress_store.open()
         await self.claims.open()
         try:
@@ -135,6 +139,9 @@ class ChunkedRunner:
             watcher = JobWatermarkWatcher(self.claims, self.progress_store, self.job, layouts, last)
             await watcher.refresh()  # the job's watermark is shown from the start
             watching = asyncio.create_task(watcher.run(), name="job-watermark")
+            pruners = self._pruners()
+            for pruner in pruners:
+                pruner.start()
             with self._signals.handling(self.handle_signals), tuned_gc(self.tune_gc):
                 while not self._stop.is_set():
                     progressed = False
@@ -155,6 +162,8 @@ class ChunkedRunner:
                 raise ShutdownAborted("aborted by a second stop signal") from None
             raise
         finally:
+            for pruner in pruners:
+                await pruner.close()
             for task in (poller, watching):
                 if task is not None:
                     task.cancel()
@@ -164,6 +173,26 @@ class ChunkedRunner:
                 await source.close()
             await self.claims.close()
             await self.progress_store.close()
+
+    def _pruners(self) -> list[RetentionPruner]:
+        """A pruner for each pipeline with a retention, below the job's watermark."""
+        pruners = []
+        for pool in self.pools:
+            if pool.retention is None or pool.reducer is None:
+                continue
+            view = self.job.pipeline(pool.name)
+            pruners.append(
+                RetentionPruner(
+                    pool.name,
+                    pool.reducer,
+                    self.progress_store,
+                    retention=pool.retention,
+                    interval=pool.retention_interval,
+                    watermark=partial(_job_watermark_of, view),
+                    stats=view.stats,
+                )
+            )
+        return pruners
 
     async def _layout(self, pipeline: str, first: int | None) -> ChunkLayout:
         """The pipeline's chunk layout: the recorded one, or this run's (from ``first``, else
@@ -245,6 +274,7 @@ class ChunkedRunner:
             tune_gc=False,
             feed_poll_interval=None,  # the runner polls the feed once for all chunks
             job=self.job,
+            retention=False,  # the runner prunes, by the job's watermark
         )
         executor.register(pool)
         lost = asyncio.Event()

@@ -357,10 +357,6 @@ def _check_scale(config: Config, origin: str) -> None:
             f"{origin}: source.delete_below_watermark cannot be used with scale-out "
             "(other processes still read below this one's chunk)"
         )
-    for name, pipeline in config.pipelines.items():
-        if pipeline.retention is not None:
-            key = f"pipelines.{name}.retention"
-            raise ConfigurationError("cannot be used with scale-out", key=key, where=origin)
 
 
 def parse_address(address: str, where: str) -> tuple[str, int]:

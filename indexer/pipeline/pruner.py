@@ -32,7 +32,8 @@ class RetentionPruner:
     """Prunes one pipeline's reducer to its newest ``retention`` checkpoints, every
     ``interval`` seconds at most, while a run lasts.
 
-    ``watermark()`` is the run's saved watermark; ``store`` the store the run writes through
+    ``watermark()`` is the pipeline's saved watermark (a chunked job's: the contiguous
+    prefix of its done chunks); ``store`` the store the run writes through
     (the mark goes there; the reducer gets the real store underneath, whose database a sink
     sharing it prunes in). ``stats.pruned_below`` follows the mark."""
 
@@ -80,16 +81,26 @@ class RetentionPruner:
             while True:
                 below = self._watermark() - self.retention
                 if below > (mark or 0):
-                    await self._prune_until_done(below)
-                    mark = below
+                    mark = await self._prune_until_done(below)
                 await asyncio.sleep(self.interval)
         except ConfigurationError as exc:  # retrying cannot help; the rows stay
             log.error("pruning stopped", pipeline=self.pipeline, error=str(exc))
 
-    async def _prune_until_done(self, below: int) -> None:
-        """``prune(below)``, retried after a failure (logged) until it succeeds."""
-        await retry(
-            lambda: self.prune(below),
+    async def _prune_until_done(self, below: int) -> int:
+        """``prune(below)`` unless the stored mark is there already (another process of a
+        chunked job pruned), retried after a failure (logged) until it succeeds; returns the
+        mark now stored."""
+
+        async def catch_up() -> int:
+            stored = await self.store.pruned_below(self.pipeline) or 0
+            if stored >= below:
+                self.stats.pruned_below = max(stored, self.stats.pruned_below or 0)
+                return stored
+            await self.prune(below)
+            return below
+
+        return await retry(
+            catch_up,
             self.policy,
             retry_on=lambda exc: not isinstance(exc, ConfigurationError),
             on_retry=logged_retry("prune failed", pipeline=self.pipeline, below=below),

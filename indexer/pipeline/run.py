@@ -36,7 +36,9 @@ class PipelineRun:
 
     ``start`` is the first checkpoint this run admits (its saved watermark); ``on_halt`` is
     called once when the pipeline halts; ``stats`` receives its counters; ``times`` holds the
-    timestamps of the checkpoints the reader handed over (for the committed one's).
+    timestamps of the checkpoints the reader handed over (for the committed one's). With
+    ``prune`` False a retention is left to the caller (a chunked job prunes by the job's
+    watermark, not a chunk's).
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class PipelineRun:
         on_halt: Callable[[PipelineRun], None],
         timed: bool = True,
         times: CheckpointTimes | None = None,
+        prune: bool = True,
     ) -> None:
         reducer = pool.reducer
         if reducer is not None:
@@ -114,7 +117,7 @@ class PipelineRun:
         self._enqueue = self.processor.queue.put
         self._committer_task: asyncio.Task[None] | None = None
         self.pruner: RetentionPruner | None = None
-        if reducer is not None and pool.retention is not None:
+        if prune and reducer is not None and pool.retention is not None:
             self.pruner = RetentionPruner(
                 pool.name,
                 reducer,
