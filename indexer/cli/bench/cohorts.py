@@ -181,7 +181,7 @@ def _written(feed: Path, first: int) -> int:
 
 
 def run_tip(quick: bool, event_loop: str = "auto") -> list[Result]:
-    files = 5000 if quick else 100_000
+    files = 2000 if quick else 100_000
     seconds = 1.0 if quick else 4.0
     with tempfile.TemporaryDirectory(prefix="indexer-bench-") as tmp:
         feed = Path(tmp) / "feed"

@@ -88,8 +88,8 @@ def best_times(
 
 
 def run(quick: bool, directory: Path | None = None, event_loop: str = "auto") -> list[Result]:
-    count = 20_000 if quick else 100_000
-    on_disk = 5_000 if quick else 20_000
+    count = 5_000 if quick else 100_000
+    on_disk = 2_000 if quick else 20_000
     with tempfile.TemporaryDirectory(prefix="indexer-bench-") as tmp:
         feed = (directory or Path(tmp)) / f"feed-{count}"
         write_bench_feed(feed, count)
@@ -97,8 +97,8 @@ def run(quick: bool, directory: Path | None = None, event_loop: str = "auto") ->
         bare_read_decode(feed, count)  # warm the page cache
         indexer_run(feed, count, event_loop)  # and the framework's first run (imports, arenas)
         times = {
-            "feed": best_times(feed, count, 2 if quick else 3, event_loop),
-            "feed-on-disk": best_times(feed, on_disk, 2, event_loop, on_disk=True),
+            "feed": best_times(feed, count, 1 if quick else 3, event_loop),
+            "feed-on-disk": best_times(feed, on_disk, 1 if quick else 2, event_loop, on_disk=True),
         }
     results = []
     for (name, measured), files in zip(times.items(), (count, on_disk), strict=True):

@@ -111,7 +111,7 @@ def bare_speedup(count: int) -> float:
 
 
 def run(quick: bool, event_loop: str = "auto") -> list[Result]:
-    count = 2_000 if quick else 10_000
+    count = 800 if quick else 10_000
     rounds = 1 if quick else 2
     chunk_size = count // 32
     with tempfile.TemporaryDirectory(prefix="indexer-bench-") as tmp:
