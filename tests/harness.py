@@ -33,6 +33,14 @@ TRANSACTION_COLUMNS = (
     '{ checkpoint = "BIGINT", digest = "TEXT", sender = "TEXT", event_count = "BIGINT", '
     'timestamp_ms = "BIGINT" }'
 )
+#: The same columns as a dict, for configs written with tomli_w.
+TRANSACTION_COLUMN_TYPES = {
+    "checkpoint": "BIGINT",
+    "digest": "TEXT",
+    "sender": "TEXT",
+    "event_count": "BIGINT",
+    "timestamp_ms": "BIGINT",
+}
 #: A generous wait for a loaded 2-core machine: the asserted behaviour stays exact.
 TIMEOUT = 30.0
 

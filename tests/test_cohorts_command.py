@@ -11,20 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
-from harness import Background, free_port, run_indexer, saved_watermark
+from harness import TRANSACTION_COLUMN_TYPES, Background, free_port, run_indexer, saved_watermark
 from prometheus_client.parser import text_string_to_metric_families
 from test_health import get
 
 from indexer.sources import SyntheticSource, write_feed
 
 COUNT = 2000
-COLUMNS = {
-    "checkpoint": "BIGINT",
-    "digest": "TEXT",
-    "sender": "TEXT",
-    "event_count": "BIGINT",
-    "timestamp_ms": "BIGINT",
-}
+COLUMNS = TRANSACTION_COLUMN_TYPES
 
 
 def pipeline(table: str, worker: str = "workers:TransactionExtractor") -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 import tomli_w
-from harness import run_indexer, saved_watermark
+from harness import TRANSACTION_COLUMN_TYPES, run_indexer, saved_watermark
 
 from indexer.progress import SqliteProgressStore
 from indexer.sources import SyntheticSource
@@ -21,13 +21,7 @@ from indexer.sources import SyntheticSource
 COUNT = 200
 SEED = 11
 PIPELINE = "transactions"
-COLUMNS = {
-    "checkpoint": "BIGINT",
-    "digest": "TEXT",
-    "sender": "TEXT",
-    "event_count": "BIGINT",
-    "timestamp_ms": "BIGINT",
-}
+COLUMNS = TRANSACTION_COLUMN_TYPES
 
 
 @pytest.fixture(scope="module")

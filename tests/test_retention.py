@@ -21,7 +21,14 @@ from typing import Any
 
 import pytest
 import tomli_w
-from harness import TIMEOUT, Background, check_metrics_with_promtool, free_port, run_indexer
+from harness import (
+    TIMEOUT,
+    TRANSACTION_COLUMN_TYPES,
+    Background,
+    check_metrics_with_promtool,
+    free_port,
+    run_indexer,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from indexer.sources import SyntheticSource
@@ -32,13 +39,7 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 COUNT = 600
 SEED = 23
 PIPELINE = "transactions"
-COLUMNS = {
-    "checkpoint": "BIGINT",
-    "digest": "TEXT",
-    "sender": "TEXT",
-    "event_count": "BIGINT",
-    "timestamp_ms": "BIGINT",
-}
+COLUMNS = TRANSACTION_COLUMN_TYPES
 
 
 @pytest.fixture(scope="module")
