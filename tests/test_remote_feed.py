@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
 import tomllib
 import urllib.request
@@ -178,6 +179,41 @@ def test_a_tip_that_appears_later_is_polled_then_read_and_counted_in_metrics(
     asyncio.run(write_feed(SyntheticSource(), feed, start=60, count=40))
     assert program.finish(60) == 0, program.describe()
     assert_exactly_once(tmp_path, 99)
+
+
+def test_a_gap_in_a_followed_feed_is_warned_once_and_the_lag_shows_it(
+    tmp_path: Path, feed: Path, http: FeedServer
+) -> None:
+    """A file missing while later ones are there is a gap, not the tip: after polling it a
+    while the source looks past it, warns once, and the feed's newest checkpoint (the lag)
+    counts the files beyond it; when the file appears, the run goes on through it."""
+    (feed / "50.chk").unlink()
+    port = free_port()
+    config = write_config(tmp_path, http.url(), follow=True, poll_interval=0.02)
+    program = Background.indexer(
+        "run", "-c", config, "--log-format", "json", "--last-checkpoint", 119,
+        "--metrics", "--metrics-address", f"127.0.0.1:{port}",
+    )  # fmt: skip
+    (gap,) = program.wait_until(
+        "the gap warned", lambda: [e for e in program.events() if e["event"] == "gap in feed"]
+    )
+    assert gap["missing"] == 50 and 50 < gap["found"] <= 50 + 256
+    assert gap["level"] == "warning" and gap["url"] == http.url()
+
+    def latest() -> float | None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        match = re.search(r"^indexer_feed_latest_checkpoint ([0-9.e+]+)$", text, re.M)
+        return float(match.group(1)) if match and float(match.group(1)) == 119 else None
+
+    program.wait_until("the feed's newest checkpoint past the gap", latest)
+    assert watermark_or_none(tmp_path) == 50
+    gets_at_gap = len(http.gets(50))
+    http.wait_until("the missing file polled on", lambda: len(http.gets(50)) > gets_at_gap + 50)
+    asyncio.run(write_feed(SyntheticSource(), feed, start=50, count=1))
+    assert program.finish(60) == 0, program.describe()
+    assert_exactly_once(tmp_path, 119)
+    assert [e for e in program.events() if e["event"] == "gap in feed"] == [gap]  # once
 
 
 def watermark_or_none(tmp_path: Path) -> int | None:

@@ -10,6 +10,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from .._dsn import mask_dsn
+from .._log import Logger
 from ..checkpoint import CheckpointDecoder
 from ..errors import CheckpointDecodeError, ConfigurationError
 from ..retry import RetryPolicy
@@ -21,8 +22,16 @@ from ._prefetch import OrderedPrefetcher, check_prefetch
 
 __all__ = ["RemoteFeedSource"]
 
+logger = Logger("indexer.sources")
+
 #: 64 MiB of fetched files not yet handed to the pipelines, at most.
 MAX_PREFETCH_BYTES = 64 * 1024 * 1024
+#: While the next file is missing (following the feed), look past it for a later file every
+#: this many polls of it: a later file means a gap, not the tip. A remote feed cannot be
+#: listed cheaply, so the look is a few requests: the files 1, 2, 4, ... past the missing one.
+GAP_LOOK_EVERY = 50
+#: How far past a missing file the look goes (a power of two).
+GAP_LOOK_SPAN = 256
 
 
 class RemoteFeedSource(CheckpointSource):
@@ -91,6 +100,9 @@ class RemoteFeedSource(CheckpointSource):
         self.faults = FetchFaults(self.stats, policy, slow_request)
         self._delivered = -1  # the highest number delivered
         self._latest: int | None = None  # the newest number the last probe found
+        self._missing = -1  # the number last found missing, and how many times in a row
+        self._misses = 0
+        self._warned_gaps: set[int] = set()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({mask_dsn(self.url)!r}, follow={self.follow})"
@@ -157,7 +169,10 @@ class RemoteFeedSource(CheckpointSource):
                 except CheckpointDecodeError as exc:
                     raise TransientFetchError("decode", file_url(n), str(exc)) from None
 
-            return await faults.run(attempt)
+            fetched = await faults.run(attempt)
+            if fetched is None and self.follow:
+                await self._still_missing(n)
+            return fetched
 
         return fetch
 
@@ -189,6 +204,35 @@ class RemoteFeedSource(CheckpointSource):
                 yield batch
         finally:
             await batches.aclose()  # type: ignore[attr-defined]
+
+    async def _still_missing(self, n: int) -> None:
+        """File ``n`` was not there (again): every ``GAP_LOOK_EVERY`` misses in a row, look
+        for a later file; one found is a gap (warned once, and the feed's newest checkpoint
+        is probed from it, so that the lag shows a stalled pipeline, not an idle one)."""
+        if n != self._missing:
+            self._missing, self._misses = n, 0
+        self._misses += 1
+        if self._misses % GAP_LOOK_EVERY or n in self._warned_gaps:
+            return
+        try:
+            later = await self._later_file(n)
+            # One that arrived meanwhile was written out of order: no gap.
+            if later is None or await self.file_exists(n):
+                return
+            self._latest = max(self._latest or 0, await self._probe_from(later))
+        except (TransientFetchError, FeedRequestRefused):
+            return  # a look that fails tells nothing; the fetches meet the fault themselves
+        self._warned_gaps.add(n)
+        logger.warning("gap in feed", missing=n, found=later, url=mask_dsn(self.url))
+
+    async def _later_file(self, n: int) -> int | None:
+        """A file 1, 2, 4, ... ``GAP_LOOK_SPAN`` past ``n`` that is there, or None."""
+        step = 1
+        while step <= GAP_LOOK_SPAN:
+            if await self.file_exists(n + step):
+                return n + step
+            step *= 2
+        return None
 
     async def unreadable(self) -> str | None:
         """Why the feed cannot be read now: its requests keep failing (None: they succeed)."""
