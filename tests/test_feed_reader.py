@@ -68,11 +68,15 @@ class Reads:
             return run
 
         def spy_read(
-            start: int, limit: int, decoder: CheckpointDecoder[Any], prefetch: bool = False
+            start: int,
+            limit: int,
+            decoder: CheckpointDecoder[Any],
+            prefetch: bool = False,
+            span: int | None = None,
         ) -> FileRun:
             self.hops += 1
             self.reader_threads.add(threading.get_ident())
-            run = read(start, limit, decoder, prefetch)
+            run = read(start, limit, decoder, prefetch, span)
             self.thread.extend(sequence_numbers(run))
             if run.error is not None:
                 self.failed.append(start + len(run.batch))  # the batch ends before the bad file

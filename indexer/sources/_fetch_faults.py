@@ -19,7 +19,6 @@ only retry layer.
 
 from __future__ import annotations
 
-import email.utils
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -80,6 +79,8 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     value = value.strip()
     if value.isdigit():
         return float(value)
+    import email.utils  # here: the email package is 0.4 MB that most runs never use
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

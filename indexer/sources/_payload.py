@@ -3,7 +3,6 @@ by the feed's codec or a user's hook, its sequence number checked."""
 
 from __future__ import annotations
 
-import gzip
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -56,6 +55,8 @@ def _decompressor(kind: str | None) -> Callable[[bytes], bytes] | None:
 
         return unzstd
     if kind == "gzip":
+        import gzip  # here: a feed of plain files need not import it (nor zlib)
+
         return gzip.decompress
     return None
 
