@@ -16,14 +16,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def slow_tests_run(config: pytest.Config) -> bool:
+    """Whether the tests marked ``slow`` run: in CI (``CI`` set) or with ``--slow``."""
+    return bool(config.getoption("--slow") or os.environ.get("CI"))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``slow`` run in CI (``CI`` set) or with ``--slow``; skipped otherwise."""
-    if config.getoption("--slow") or os.environ.get("CI"):
-        return
+    """Tests marked ``slow`` run in CI or with ``--slow``; skipped otherwise. Tests marked
+    ``fast_stand_in`` stand in for a slow one when it does not run, and are skipped when it
+    does (it covers them)."""
+    slow = slow_tests_run(config)
     skip = pytest.mark.skip(reason="slow: runs in CI, or with --slow")
+    covered = pytest.mark.skip(reason="covered by a slow test that runs")
     for item in items:
-        if "slow" in item.keywords:
+        if "slow" in item.keywords and not slow:
             item.add_marker(skip)
+        if "fast_stand_in" in item.keywords and slow:
+            item.add_marker(covered)
 
 
 @pytest.fixture(autouse=True)

@@ -126,6 +126,7 @@ def test_table_names_each_chosen_scenario_and_unknown_ones_are_usage_errors() ->
     assert "nope" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.fast_stand_in  # test_quick_bench_runs_every_scenario runs these too
 def test_quick_postgres_pipelines_measure_both_sides_and_drop_their_schemas(
     postgres_dsn: str,
 ) -> None:
