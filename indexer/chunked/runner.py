@@ -129,8 +129,7 @@ class ChunkedRunner:
         poller: asyncio.Task[None] | None = None
         watching: asyncio.Task[None] | None = None
         pruners: list[RetentionPruner] = []
-        await self.progress_store.open()
-        await self.claims.open()
+        await self._open_stores()
         try:
             layouts = {pool.name: await self._layout(pool.name, first) for pool in self.pools}
             for pool in self.pools:
@@ -149,10 +148,11 @@ class ChunkedRunner:
                         if self._stop.is_set():
                             break
                         progressed |= await self._step(pool, layouts[pool.name], last)
+                    if progressed:
+                        continue  # the next round claims, or finds nothing and looks further
                     if await self._all_done(layouts, last):
                         break
-                    if not progressed:
-                        await sleep_unless_set(self._stop, self.poll_interval)
+                    await sleep_unless_set(self._stop, self.poll_interval)
             return {
                 name: await self._update_watermark(name, layout, last)
                 for name, layout in layouts.items()
@@ -173,6 +173,19 @@ class ChunkedRunner:
                 await source.close()
             await self.claims.close()
             await self.progress_store.close()
+
+    async def _open_stores(self) -> None:
+        """Open the progress store and the claim store together (each connects and checks
+        its tables); if either fails, close both and raise its error."""
+        opened = await asyncio.gather(
+            self.progress_store.open(), self.claims.open(), return_exceptions=True
+        )
+        failed = [error for error in opened if isinstance(error, BaseException)]
+        if failed:
+            await asyncio.gather(
+                self.claims.close(), self.progress_store.close(), return_exceptions=True
+            )
+            raise failed[0]
 
     def _pruners(self) -> list[RetentionPruner]:
         """A pruner for each pipeline with a retention, below the job's watermark."""

@@ -137,10 +137,10 @@ class PostgresClaimStore(ClaimStore):
             first_checkpoint BIGINT NOT NULL,
             chunk_size BIGINT NOT NULL"""
         await create_missing(conn, self.schema, {self._table: claims, self._layouts: layouts})
-        present = await conn.fetchval(
-            "SELECT count(*) FROM information_schema.columns WHERE table_schema = $1"
-            " AND table_name = 'indexer_claims' AND column_name = ANY($2::text[])",
-            self.schema,
+        present = await conn.fetchval(  # pg_attribute: information_schema takes 5-15 ms
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = $1::regclass"
+            " AND attname = ANY($2::text[]) AND NOT attisdropped",
+            self._table,
             list(_ADDED_COLUMNS),
         )
         if present < len(_ADDED_COLUMNS):  # a table an earlier version created

@@ -48,8 +48,9 @@ def _run_processes(config: Config) -> str:
     executor = build_executor(share)  # imports and checks every pipeline before the children
     children: list[ChildSnapshots] = []
     clock = _Clock()
-    # Where the job begins, read before any child can commit: the bars show this run's range.
-    starts = run_on(config.run.event_loop, _saved_watermarks(config))
+    # Where the job begins, read before any child can commit: the bars show this run's range
+    # (only bars need it: a read and a connection fewer before the children start).
+    starts = run_on(config.run.event_loop, _saved_watermarks(config)) if _draws(config) else None
 
     def run_share(forward: Callable[[int], None], snapshots: ChildSnapshots) -> None:
         children.append(snapshots)
@@ -221,7 +222,7 @@ async def _run(
     beside: asyncio.Task[None] | None = None
     if publish is not None:
         beside = asyncio.create_task(_publish_every(publish, executor.job), name="publish")
-    elif config.logging.progress and sys.stderr.isatty():
+    elif _draws(config):
         from rich.console import Console
 
         from .display import ProgressDisplay
@@ -240,6 +241,11 @@ async def _run(
             await asyncio.gather(beside, return_exceptions=True)
         if publish is not None:
             publish(executor.job)
+
+
+def _draws(config: Config) -> bool:
+    """Whether this process draws progress bars (on a terminal, unless turned off)."""
+    return config.logging.progress and sys.stderr.isatty()
 
 
 async def _publish_every(publish: Publish, job: JobView) -> None:
