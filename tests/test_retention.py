@@ -257,9 +257,11 @@ def pruned_below_metric(text: str) -> float | None:
     return None
 
 
-def with_mark(text: str) -> str | None:
-    """The exposition ``text`` if it holds the pruned mark, else None (not yet)."""
-    return text if pruned_below_metric(text) is not None else None
+def scraped_with_mark(port: int, mark: int) -> str | None:
+    """The exposition on ``port`` if it shows the pruned mark ``mark``, else None (not yet:
+    the store holds a mark a moment before the metric does)."""
+    text = scrape(port)
+    return text if pruned_below_metric(text) == mark else None
 
 
 # -- the tests ---------------------------------------------------------------------------------
@@ -271,8 +273,7 @@ def test_a_live_run_keeps_only_the_newest_checkpoints_rows(
     port = free_port()
     config = write_config(tmp_path, feed, target, retention=100, metrics_port=port)
     run = run_until_marked(config, target, COUNT - 100)
-    text = run.wait_until("the mark as a metric", lambda: with_mark(scrape(port)))
-    assert pruned_below_metric(text) == COUNT - 100
+    text = run.wait_until("the mark as a metric", lambda: scraped_with_mark(port, COUNT - 100))
     check_metrics_with_promtool(text)
     assert run.stop() == 0, run.describe()
     assert target.rows() == rows_per_checkpoint(COUNT - 100)  # none below, all the rest
@@ -295,12 +296,9 @@ def test_a_job_in_chunks_prunes_below_the_jobs_watermark_each_row_once(
     config = write_config(tmp_path, feed, target, retention=150, metrics_port=port)
     run = Background.indexer("run", "-c", config, "--processes", "2", "--chunk-size", "100")
     run.wait_until("the pruned mark at 450", lambda: target.mark() == COUNT - 150)
-
-    def scraped_mark() -> str | None:
-        text = scrape(port)
-        return text if pruned_below_metric(text) == COUNT - 150 else None
-
-    text = run.wait_until("the mark as the parent's metric", scraped_mark)
+    text = run.wait_until(
+        "the mark as the parent's metric", lambda: scraped_with_mark(port, COUNT - 150)
+    )
     check_metrics_with_promtool(text)
     assert run.stop() == 0, run.describe()
     assert target.rows() == rows_per_checkpoint(COUNT - 150)
