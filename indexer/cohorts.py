@@ -71,12 +71,15 @@ class Cohort:
         self._read_done: asyncio.Future[None] | None = None  # made for those who wait on it
         self._failed: BaseException | None = None
         self.exhausted = False
-        #: The next checkpoint this cohort reads from the feed.
-        self.next = start
 
     def __repr__(self) -> str:
         names = ",".join(self.stats.pipelines)
         return f"Cohort({self.stats.number}, next={self.next}, pipelines={names})"
+
+    @property
+    def next(self) -> int:
+        """The next checkpoint this cohort reads from the feed."""
+        return self.stats.position
 
     @property
     def kept_from(self) -> int | None:
@@ -163,7 +166,7 @@ class Cohort:
         self._batches.append(batch)
         self._kept += count
         self._kept_bytes += size
-        self.next = newest = batch[-1][0].sequence_number + 1
+        newest = batch[-1][0].sequence_number + 1
         stats = self.stats
         stats.position = newest
         stats.checkpoints_read += count
@@ -254,11 +257,6 @@ class CohortReader:
         self._cohorts: list[Cohort] = []
         self._numbers = 0
 
-    @property
-    def cohorts(self) -> list[Cohort]:
-        """The cohorts reading now, oldest first."""
-        return list(self._cohorts)
-
     def others_read(self) -> bool:
         """Whether more than one cohort reads the feed now."""
         return len(self._cohorts) > 1
@@ -310,7 +308,7 @@ class CohortReader:
         members: list[_Member] = []
         cohort: Cohort | None = None
         for run in runs:
-            if cohort is None or run.start - cohort.stats.position > self.distance // 2:
+            if cohort is None or run.start - cohort.next > self.distance // 2:
                 cohort = self._new_cohort(run.start)
             member = _Member(run)
             cohort.add(member)

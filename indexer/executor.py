@@ -86,10 +86,10 @@ class IndexerExecutor:
         #: How far apart (in checkpoints) pipelines may be and still read the feed once, and
         #: the most encoded bytes a cohort keeps for its members behind (``indexer.cohorts``).
         self.cohort_distance = cohort_distance
+        self.cohort_bytes = cohort_bytes
         #: Whether pipelines with a ``retention`` prune in this run (a chunked job's runner
         #: prunes them instead, by the job's watermark).
         self.retention = retention
-        self.cohort_bytes = cohort_bytes
         self._pools: dict[str, WorkerPool[Any, Any]] = {}
         self._stop: asyncio.Event | None = None  # created inside run (needs a running loop)
         self._signals = TwoSignalStop(

@@ -71,7 +71,7 @@ async def test_a_held_pipeline_does_not_hold_back_another() -> None:
     assert slow.held.is_set() and max(slow.seen) < 10 + 64
     assert fast.seen == list(range(last + 1))
     cohorts = {tuple(c.pipelines): c for c in run.job.cohorts.values()}
-    assert ("slow",) in cohorts, cohorts  # it fell behind and reads on its own
+    assert ("slow",) in cohorts, cohorts  # the fast one left at the end; held, it stays
     # The metrics show each cohort, its members and what it read.
     samples = {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
@@ -94,6 +94,24 @@ async def test_a_held_pipeline_does_not_hold_back_another() -> None:
     assert slow.seen == list(range(last + 1))
     # The slow pipeline's own read began where it fell behind, well short of all 20,001 again.
     assert last + 1 < feed.checkpoints_read < 2 * (last + 1)
+
+
+async def test_a_cohort_keeps_at_most_its_bytes_for_a_member_behind() -> None:
+    """However far the distance allows, a held member is dropped (and reads on its own) once
+    its cohort would keep more than ``cohort_bytes`` of checkpoints for it."""
+    fast, slow = Recorder(), Recorder(hold_at=10)
+    run = executor(cohort_distance=10**9, cohort_bytes=256 * 1024)
+    run.register(WorkerPool(fast, name="fast"))
+    run.register(WorkerPool(slow, name="slow", max_inflight=64))
+    last = 3000
+    task = asyncio.create_task(run.run(SyntheticSource(seed=3, batch_size=50), 0, last))
+    await wait_for(lambda: len(fast.seen) == last + 1)
+    slow.release.set()
+    assert await asyncio.wait_for(task, 60) == {"fast": last + 1, "slow": last + 1}
+    assert slow.seen == list(range(last + 1))
+    # What it had not taken was not kept for it: released, it read again on its own from where
+    # it was dropped (a cohort keeping everything would have handed it all from memory).
+    assert last + 1 < run.job.feed.checkpoints_read < 2 * (last + 1)
 
 
 async def test_pipelines_together_read_each_checkpoint_once() -> None:
