@@ -465,6 +465,35 @@ async def test_latest_probes_forward_and_lists_the_directory_once_in_a_while(
     await source.close()
 
 
+async def test_latest_before_any_read_probes_from_the_stream_start(tmp_path: Path) -> None:
+    """A run polls the feed as it starts, before its first read: the poll probes forward from
+    where the stream starts instead of listing the whole feed (0.15 s of CPU at 100,000
+    files), and the listing comes only when that file is not there."""
+    await make_feed(tmp_path, 300)
+    source = LocalDirectorySource(tmp_path, follow=False)
+    listings = 0
+    original = source._numbers
+
+    def counted() -> Any:
+        nonlocal listings
+        listings += 1
+        return original()
+
+    source._numbers = counted  # type: ignore[method-assign]
+    batches = source.stream(40, CheckpointDecoder())  # opened, nothing read yet
+    assert await source.latest_sequence_number() == 299
+    assert listings == 0
+    await batches.aclose()
+    ahead = LocalDirectorySource(tmp_path, follow=True)
+    ahead._numbers = counted  # type: ignore[method-assign]
+    tail = ahead.stream(400, CheckpointDecoder())  # past the feed's end: nothing to probe from
+    assert await ahead.latest_sequence_number() == 299
+    assert listings == 1
+    await tail.aclose()
+    await source.close()
+    await ahead.close()
+
+
 async def test_prune_deletes_only_below_the_watermark_when_enabled(tmp_path: Path) -> None:
     await make_feed(tmp_path, 20)
     (tmp_path / "README").write_bytes(b"keep me")

@@ -101,6 +101,7 @@ class LocalDirectorySource(CheckpointSource):
         self._prune_listed = False
         self._latest: int | None = None  # the newest number the last listing or probe found
         self._latest_calls = 0
+        self._stream_start = -1  # the highest start a stream was opened at: a first probe's base
 
     def __repr__(self) -> str:
         return f"LocalDirectorySource({str(self.path)!r}, follow={self.follow})"
@@ -132,7 +133,13 @@ class LocalDirectorySource(CheckpointSource):
         files removed from the top, are found by the full listing every ``_LATEST_LIST_EVERY``
         calls."""
         self._latest_calls += 1
-        known = max(self._latest if self._latest is not None else -1, self._files.read_below - 1)
+        # Before any file is read, the start of the stream is the base: a look then would
+        # otherwise list the whole feed (0.15 s of CPU at the start of a run over 100,000 files).
+        known = max(
+            self._latest if self._latest is not None else -1,
+            self._files.read_below - 1,
+            self._stream_start,
+        )
         if known >= 0 and self._latest_calls % _LATEST_LIST_EVERY and self._exists(known):
             self._latest = self._probe_latest(known)
             return self._latest
@@ -269,12 +276,14 @@ class LocalDirectorySource(CheckpointSource):
         self, start: int, decoder: CheckpointDecoder[Any]
     ) -> AsyncGenerator[SourcedBatch, None]:
         """Yield the files from ``start`` on in batches; tail the directory when ``follow``."""
+        self._stream_start = max(self._stream_start, start)
         return self._stream(start, None, decoder)
 
     def stream_to(
         self, start: int, last: int, decoder: CheckpointDecoder[Any]
     ) -> AsyncGenerator[SourcedBatch, None]:
         """``stream`` that reads no file past ``last`` (chunked runs end every chunk so)."""
+        self._stream_start = max(self._stream_start, start)
         return self._stream(start, last, decoder)
 
     async def _stream(
