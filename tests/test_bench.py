@@ -7,6 +7,7 @@ produced a positive figure beside a positive reference, in the JSON and in the t
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import subprocess
@@ -16,7 +17,9 @@ from typing import Any
 
 import pytest
 
-from indexer.cli.bench import SCENARIOS
+import workers.transactions
+from indexer import executor
+from indexer.cli.bench import SCENARIOS, compile_bytecode
 from indexer.cli.bench._pipeline_jobs import BARE, SCHEMA_PREFIX
 
 INDEXER = str(Path(sys.executable).with_name("indexer"))
@@ -74,6 +77,18 @@ HALVES = (
     ("pipeline-sqlite-2p", "pipeline-postgres-2p", "cohort-tip", "feed", "reducer", "memory",
      "cohorts"),
 )  # fmt: skip
+
+
+def test_the_bench_writes_the_bytecode_an_install_would_have() -> None:
+    """Every ``indexer run`` a scenario times imports the framework from bytecode, as from an
+    installed package, even where bytecode is never written (PYTHONDONTWRITEBYTECODE)."""
+    caches = [
+        Path(importlib.util.cache_from_source(m.__file__)) for m in (executor, workers.transactions)
+    ]
+    for cache in caches:
+        cache.unlink(missing_ok=True)
+    compile_bytecode()
+    assert all(cache.is_file() for cache in caches), caches
 
 
 def test_the_halves_hold_every_scenario_once() -> None:

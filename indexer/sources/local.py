@@ -276,13 +276,18 @@ class LocalDirectorySource(CheckpointSource):
         self, start: int, decoder: CheckpointDecoder[Any]
     ) -> AsyncGenerator[SourcedBatch, None]:
         """Yield the files from ``start`` on in batches; tail the directory when ``follow``."""
-        self._stream_start = max(self._stream_start, start)
-        return self._stream(start, None, decoder)
+        return self._opened(start, None, decoder)
 
     def stream_to(
         self, start: int, last: int, decoder: CheckpointDecoder[Any]
     ) -> AsyncGenerator[SourcedBatch, None]:
         """``stream`` that reads no file past ``last`` (chunked runs end every chunk so)."""
+        return self._opened(start, last, decoder)
+
+    def _opened(
+        self, start: int, last: int | None, decoder: CheckpointDecoder[Any]
+    ) -> AsyncGenerator[SourcedBatch, None]:
+        """The stream, its start noted now (the generator's body runs only once iterated)."""
         self._stream_start = max(self._stream_start, start)
         return self._stream(start, last, decoder)
 
